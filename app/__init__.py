@@ -1,0 +1,1 @@
+"""shopvault: the customer personal-data service of a chain of mobile-phone shops."""

@@ -1,0 +1,78 @@
+"""The hash chain: how an event is encoded and sealed.
+
+Events are spread over a few chains per store (``S001:3``) so that concurrent writers rarely wait
+for one another; each chain is a strict sequence whose head (last ``seq`` and ``hash``) lives in
+``audit_chain``. An event's hash is HMAC-SHA256, under a key derived from the index key, of the
+previous hash and the event's canonical encoding (version ``ENCODING_VERSION``): a changed,
+deleted or reordered event breaks the chain, and without the key the chain cannot be rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+ENCODING_VERSION = 1
+GENESIS_HASH = "0" * 64
+CHAINS_PER_STORE = 8
+SYSTEM_CHAIN_PREFIX = "hq"
+
+HASHED_FIELDS = (
+    "id",
+    "chain",
+    "seq",
+    "at",
+    "actor",
+    "actor_id",
+    "role",
+    "store",
+    "terminal",
+    "purpose",
+    "reason",
+    "action",
+    "resource",
+    "customer_ids",
+    "fields",
+    "changed_fields",
+    "result_count",
+    "outcome",
+    "denial",
+    "review_required",
+    "request_id",
+    "encoding_version",
+)
+
+
+def derive_chain_key(index_key: bytes) -> bytes:
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"shopvault/audit-chain/v1"
+    ).derive(index_key)
+
+
+def pick_chain(store: str | None) -> str:
+    return f"{store or SYSTEM_CHAIN_PREFIX}:{secrets.randbelow(CHAINS_PER_STORE)}"
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def canonical_encoding(event: dict[str, Any]) -> bytes:
+    payload = {name: _encode_value(event[name]) for name in HASHED_FIELDS}
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def seal(key: bytes, prev_hash: str, event: dict[str, Any]) -> str:
+    message = prev_hash.encode() + b"\n" + canonical_encoding(event)
+    return hmac.new(key, message, hashlib.sha256).hexdigest()

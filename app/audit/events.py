@@ -1,0 +1,56 @@
+"""What a service records: one draft per access, completed and chained by the audit log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Action(StrEnum):
+    READ = "read"
+    SEARCH = "search"
+    CREATE = "create"
+    UPDATE = "update"
+    ATTACH = "attach"
+    MESSAGE = "message"
+    EXPORT = "export"
+    DELETE = "delete"
+    DISPOSE = "dispose"
+    LOGIN = "login"
+    ADMIN = "admin"
+
+
+class Outcome(StrEnum):
+    ALLOWED = "allowed"
+    DENIED = "denied"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who did it, as the access log names them."""
+
+    name: str | None
+    id: str | None
+    role: str | None
+    store: str | None
+    terminal: str | None
+
+
+ANONYMOUS = Actor(name=None, id=None, role=None, store=None, terminal=None)
+
+
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    actor: Actor
+    action: Action
+    resource: str
+    outcome: Outcome = Outcome.ALLOWED
+    purpose: str | None = None
+    reason: str | None = None
+    customer_ids: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()
+    changed_fields: tuple[str, ...] | None = None
+    result_count: int | None = None
+    review_required: bool = False
+    denial: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)

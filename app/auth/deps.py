@@ -1,0 +1,54 @@
+"""Who is calling: the bearer token, decoded strictly, bound to the request's unit of work."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends
+from fastapi.security import OAuth2PasswordBearer
+
+from app.audit.events import Action, EventDraft, Outcome
+from app.auth.tokens import Principal
+from app.errors import Forbidden, Unauthorized
+from app.roles import Role
+from app.uow import RuntimeDep, UnitOfWorkDep
+
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
+
+
+async def current_principal(
+    runtime: RuntimeDep,
+    uow: UnitOfWorkDep,
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+) -> Principal:
+    if not token:
+        raise Unauthorized()
+    principal = runtime.tokens.decode(token)
+    uow.bind_principal(principal)
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal, scope="function")]
+
+
+def require_roles(
+    *roles: Role, action: Action, resource: str
+) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency admitting only ``roles``; anyone else gets a recorded ``403``."""
+    allowed = frozenset(roles)
+
+    async def dependency(principal: CurrentPrincipal) -> Principal:
+        if principal.role not in allowed:
+            raise Forbidden(
+                audit_event=EventDraft(
+                    actor=principal.actor,
+                    action=action,
+                    resource=resource,
+                    outcome=Outcome.DENIED,
+                    denial=Forbidden.slug,
+                )
+            )
+        return principal
+
+    return dependency

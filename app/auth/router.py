@@ -1,0 +1,82 @@
+"""``/auth``: tokens for staff and system clients, logout, password change, who am I."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Header, Request
+
+from app.auth import service
+from app.auth.deps import CurrentPrincipal
+from app.auth.schemas import Me, PasswordChange, TokenResponse
+from app.errors import InvalidCredentials
+from app.problems import problem_responses
+from app.uow import RuntimeDep, UnitOfWorkDep
+
+router = APIRouter(prefix="/auth", tags=["auth"], responses=problem_responses(401))
+
+FormField = Annotated[str | None, Form()]
+MAX_CREDENTIAL_LENGTH = 256
+
+
+@router.post("/token", response_model=TokenResponse, responses=problem_responses(401, 429))
+async def issue_token(
+    request: Request,
+    runtime: RuntimeDep,
+    uow: UnitOfWorkDep,
+    grant_type: FormField = None,
+    username: FormField = None,
+    password: FormField = None,
+    client_id: FormField = None,
+    client_secret: FormField = None,
+    x_terminal_id: Annotated[str | None, Header()] = None,
+) -> TokenResponse:
+    """OAuth2 token endpoint (form-encoded).
+
+    `grant_type=password` with `username` and `password` for staff; `grant_type=client_credentials`
+    with `client_id` and `client_secret` for system clients. `X-Terminal-Id` records the POS
+    terminal in the token and in every access event made with it. Failures answer `401` the same
+    way whether or not the login exists, and are throttled (`429` with `Retry-After`).
+    """
+    address = service.client_address(
+        request.client.host if request.client else None,
+        request.headers.get("x-forwarded-for"),
+        runtime,
+    )
+    given = (username, password, client_id, client_secret)
+    if any(value is not None and len(value) > MAX_CREDENTIAL_LENGTH for value in given):
+        raise InvalidCredentials()
+    if grant_type == "password" and username and password:
+        return await service.login_staff(
+            uow,
+            runtime,
+            login=username,
+            password=password,
+            terminal=service.parse_terminal(x_terminal_id),
+            client_address=address,
+        )
+    if grant_type == "client_credentials" and client_id and client_secret:
+        return await service.login_client(
+            uow, runtime, client_id=client_id, client_secret=client_secret, client_address=address
+        )
+    raise InvalidCredentials("Send grant_type=password or client_credentials with credentials.")
+
+
+@router.post("/logout", status_code=204)
+async def logout(uow: UnitOfWorkDep, principal: CurrentPrincipal) -> None:
+    """Revoke the caller's token (for shared POS terminals)."""
+    await service.logout(uow, principal)
+
+
+@router.post("/password", response_model=TokenResponse)
+async def change_password(
+    body: PasswordChange, runtime: RuntimeDep, uow: UnitOfWorkDep, principal: CurrentPrincipal
+) -> TokenResponse:
+    """Change your own password. Every token issued before stops working; a new one is returned."""
+    return await service.change_password(uow, runtime, principal, body)
+
+
+@router.get("/me", response_model=Me)
+async def me(uow: UnitOfWorkDep, principal: CurrentPrincipal) -> Me:
+    """The caller: id, login, role and store code."""
+    return await service.me(uow, principal)

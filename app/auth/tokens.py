@@ -1,0 +1,176 @@
+"""The one place that touches python-jose: issuing and strictly checking access tokens.
+
+One algorithm (HS256), every registered claim required, the issuer and audience checked, a token
+issued in the future refused, and the token's size capped before any decoding happens.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from jose import JWTError, jwt
+
+from app.audit.events import Actor
+from app.errors import Unauthorized
+from app.roles import Role
+
+ALGORITHM = "HS256"
+MAX_TOKEN_LENGTH = 4096
+CLOCK_SKEW_SECONDS = 30
+_REQUIRED = ("sub", "role", "iss", "aud", "iat", "exp", "jti", "ae", "kind", "login")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    subject: str
+    kind: str  # "staff" | "client"
+    login: str
+    role: Role
+    store_id: str | None
+    store_code: str | None
+    terminal: str | None
+    auth_epoch: int
+    jti: str
+    issued_at: int
+    expires_at: int
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(
+            name=self.login,
+            id=self.subject,
+            role=self.role.value,
+            store=self.store_code,
+            terminal=self.terminal,
+        )
+
+
+# The caller of a request is exactly what its verified token says (checked against the
+# database once per request by the unit of work).
+Principal = TokenClaims
+
+
+class TokenCodec:
+    def __init__(self, key: bytes, *, issuer: str, audience: str, ttl_seconds: int) -> None:
+        self._key = key
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl_seconds = ttl_seconds
+
+    def issue(
+        self,
+        *,
+        subject: str,
+        kind: str,
+        login: str,
+        role: Role,
+        auth_epoch: int,
+        store_id: str | None = None,
+        store_code: str | None = None,
+        terminal: str | None = None,
+    ) -> tuple[str, TokenClaims]:
+        now = int(time.time())
+        claims = TokenClaims(
+            subject=subject,
+            kind=kind,
+            login=login,
+            role=role,
+            store_id=store_id,
+            store_code=store_code,
+            terminal=terminal,
+            auth_epoch=auth_epoch,
+            jti=str(uuid.uuid4()),
+            issued_at=now,
+            expires_at=now + self.ttl_seconds,
+        )
+        payload: dict[str, Any] = {
+            "sub": subject,
+            "kind": kind,
+            "login": login,
+            "role": role.value,
+            "ae": auth_epoch,
+            "iss": self.issuer,
+            "aud": self.audience,
+            "iat": now,
+            "exp": claims.expires_at,
+            "jti": claims.jti,
+        }
+        if store_code is not None:
+            payload["store"] = store_code
+            payload["sid"] = store_id
+        if terminal is not None:
+            payload["term"] = terminal
+        return jwt.encode(payload, self._key, algorithm=ALGORITHM), claims
+
+    def decode(self, token: str) -> TokenClaims:
+        if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
+            raise Unauthorized("The token is not valid.")
+        try:
+            header = jwt.get_unverified_header(token)
+            if header.get("alg") != ALGORITHM:
+                raise Unauthorized("The token is not valid.")
+            payload = jwt.decode(
+                token,
+                self._key,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={
+                    "verify_signature": True,
+                    "verify_aud": True,
+                    "verify_iat": True,
+                    "verify_exp": True,
+                    "verify_nbf": True,
+                    "verify_iss": True,
+                    "verify_sub": True,
+                    "verify_jti": True,
+                    "require_aud": True,
+                    "require_iat": True,
+                    "require_exp": True,
+                    "require_iss": True,
+                    "require_sub": True,
+                    "require_jti": True,
+                    "leeway": 0,
+                },
+            )
+        except JWTError as exc:
+            raise Unauthorized("The token is not valid.") from exc
+        return _claims_from(payload)
+
+
+def _claims_from(payload: dict[str, Any]) -> TokenClaims:
+    try:
+        if any(name not in payload for name in _REQUIRED):
+            raise ValueError("missing claim")
+        issued_at, expires_at, epoch = payload["iat"], payload["exp"], payload["ae"]
+        if not all(type(v) is int for v in (issued_at, expires_at, epoch)):
+            raise ValueError("bad numeric claim")
+        if issued_at > time.time() + CLOCK_SKEW_SECONDS:
+            raise ValueError("issued in the future")
+        kind = payload["kind"]
+        if kind not in {"staff", "client"}:
+            raise ValueError("bad kind")
+        strings = [payload["sub"], payload["login"], payload["jti"]]
+        optional = [payload.get("store"), payload.get("sid"), payload.get("term")]
+        if not all(isinstance(v, str) for v in strings) or not all(
+            v is None or isinstance(v, str) for v in optional
+        ):
+            raise ValueError("bad string claim")
+        return TokenClaims(
+            subject=payload["sub"],
+            kind=kind,
+            login=payload["login"],
+            role=Role(payload["role"]),
+            store_id=payload.get("sid"),
+            store_code=payload.get("store"),
+            terminal=payload.get("term"),
+            auth_epoch=epoch,
+            jti=payload["jti"],
+            issued_at=issued_at,
+            expires_at=expires_at,
+        )
+    except (ValueError, TypeError) as exc:
+        raise Unauthorized("The token is not valid.") from exc

@@ -1,0 +1,77 @@
+"""Settings, read once from the environment (prefix ``SHOPVAULT_``)."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHOPVAULT_", extra="ignore", frozen=True)
+
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    migration_database_url: str | None = None
+
+    jwt_key: SecretStr | None = None
+    master_key: SecretStr | None = None
+    index_key: SecretStr | None = None
+    jwt_issuer: str = "shopvault"
+    jwt_audience: str = "shopvault-api"
+    token_ttl_seconds: int = Field(default=900, ge=60, le=86_400)
+
+    visit_auto_close_hours: float = Field(default=4, gt=0)
+    search_rate_limit: str = "30/10minutes"
+    login_rate_limit: str = "10/5minutes"
+    redis_url: str | None = None
+    trusted_proxies: str = ""
+
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    email_sender: str | None = None
+    sms_sender_id: str | None = None
+    sms_gateway_url: str | None = None
+    sms_gateway_token: SecretStr | None = None
+    message_daily_cap: int = Field(default=3, ge=0)
+
+    log_level: str = "INFO"
+
+    @field_validator("search_rate_limit", "login_rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, value: str) -> str:
+        from limits import parse
+
+        parse(value)
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_parse(cls, value: str) -> str:
+        for part in _split(value):
+            ipaddress.ip_network(part, strict=False)
+        return value
+
+    @cached_property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(p, strict=False) for p in _split(self.trusted_proxies))
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'shopvault.db').resolve()}"
+
+    @property
+    def resolved_migration_database_url(self) -> str:
+        return self.migration_database_url or self.resolved_database_url
+
+
+def _split(value: str) -> list[str]:
+    return [p.strip() for p in value.split(",") if p.strip()]

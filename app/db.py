@@ -1,0 +1,86 @@
+"""Engines and sessions.
+
+The settings carry plain URLs (``sqlite:///path``, ``postgresql://user@host/db``); this module
+picks the drivers: asyncpg / aiosqlite on the request path, psycopg / sqlite3 for Alembic and the
+CLI. SQLite connections get WAL, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for every
+transaction: each request that touches data also appends an access event, and a deferred BEGIN
+that later writes fails with "database is locked" under concurrency.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
+from sqlalchemy.pool import NullPool
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def _driver_url(url: str, *, async_: bool) -> str:
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite" if async_ else "sqlite").render_as_string(
+            hide_password=False
+        )
+    if backend in {"postgresql", "postgres"}:
+        driver = "postgresql+asyncpg" if async_ else "postgresql+psycopg"
+        return parsed.set(drivername=driver).render_as_string(hide_password=False)
+    raise ValueError(f"unsupported database backend: {backend}")
+
+
+def async_url(url: str) -> str:
+    return _driver_url(url, async_=True)
+
+
+def sync_url(url: str) -> str:
+    return _driver_url(url, async_=False)
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event emit the BEGIN itself (pysqlite would defer it).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_request_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    """The asyncio engine used by the API."""
+    if is_sqlite(url):
+        engine = create_async_engine(async_url(url))
+        _configure_sqlite(engine.sync_engine)
+        return engine
+    return create_async_engine(
+        async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False
+    )
+
+
+def create_sync_engine(url: str) -> Engine:
+    """A blocking engine for Alembic and the CLI."""
+    if is_sqlite(url):
+        engine = create_engine(sync_url(url), poolclass=NullPool)
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(sync_url(url), poolclass=NullPool)
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)

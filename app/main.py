@@ -1,0 +1,84 @@
+"""The ASGI application: ``app.main:app``, built by ``create_app``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+
+from app.auth.router import router as auth_router
+from app.config import Settings
+from app.logs import configure_logging
+from app.middleware import Metrics, RequestMiddleware
+from app.ops.router import router as ops_router
+from app.problems import declare_problems, install_problem_handlers
+from app.runtime import Runtime
+
+DESCRIPTION = """
+shopvault answers, in software, the questions customers ask about shops: *who can see my data,
+when, and why?* Every request that touches personal data declares a purpose
+(`X-Access-Purpose`); the caller's role and the purpose decide which fields leave the service,
+and every access, allowed or denied, is recorded before any data is returned.
+
+Errors are RFC 9457 problem details (`application/problem+json`); each `type` is stable.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    runtime = Runtime.build(settings)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await runtime.engine.dispose()
+
+    app = FastAPIOffline(
+        title="shopvault",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.metrics = metrics
+    install_problem_handlers(app)
+    app.add_middleware(RequestMiddleware, metrics=metrics)
+    for router in (ops_router, auth_router):
+        app.include_router(router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            app.openapi_schema = declare_problems(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _app_from_environment() -> FastAPI:
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
+
+
+def __getattr__(name: str) -> Any:
+    # ``app.main:app`` is built on first access, so that importing this module (tests, the CLI)
+    # does not read the environment or touch the data directory.
+    if name == "app":
+        application = _app_from_environment()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

@@ -1,0 +1,75 @@
+"""The access log: append-only, hash-chained, and never cascaded into from customer data."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, UTCDateTime, id_column
+
+
+class AccessEvent(Base):
+    __tablename__ = "access_event"
+    __table_args__ = (
+        UniqueConstraint("chain", "seq", name="uq_access_event_chain_seq"),
+        Index("ix_access_event_at", "at"),
+        Index("ix_access_event_actor_at", "actor", "at"),
+        Index("ix_access_event_store_at", "store", "at"),
+    )
+
+    id: Mapped[str] = id_column()
+    chain: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str | None] = mapped_column(String(64))
+    actor_id: Mapped[str | None] = mapped_column(String(36))
+    role: Mapped[str | None] = mapped_column(String(32))
+    store: Mapped[str | None] = mapped_column(String(16))
+    terminal: Mapped[str | None] = mapped_column(String(64))
+    purpose: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(String(16))
+    resource: Mapped[str] = mapped_column(String(200))
+    fields: Mapped[list[str]] = mapped_column(JSON, default=list)
+    changed_fields: Mapped[list[str] | None] = mapped_column(JSON)
+    result_count: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(8))
+    denial: Mapped[str | None] = mapped_column(String(64))
+    review_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    request_id: Mapped[str] = mapped_column(String(64))
+    encoding_version: Mapped[int] = mapped_column(SmallInteger)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AccessEventCustomer(Base):
+    """Which customers an event concerns; no foreign key to the customer, which may be erased."""
+
+    __tablename__ = "access_event_customer"
+
+    event_id: Mapped[str] = mapped_column(ForeignKey("access_event.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(36), index=True)
+
+
+class AuditChain(Base):
+    """The head of each hash chain: its last sequence number and hash."""
+
+    __tablename__ = "audit_chain"
+
+    chain: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[str] = mapped_column(String(64))
+

@@ -1,0 +1,58 @@
+"""Health, readiness, metrics and the catalogue of problem types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.errors import ServiceUnavailable
+from app.migrate import head_revisions
+from app.problems import problem_catalogue, problem_responses
+from app.uow import RuntimeDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses=problem_responses(503))
+async def readyz(runtime: RuntimeDep) -> dict[str, str]:
+    """The database is reachable and migrated to the latest revision."""
+    try:
+        async with runtime.engine.connect() as connection:
+            rows = (await connection.execute(text("SELECT version_num FROM alembic_version"))).all()
+    except SQLAlchemyError as exc:
+        raise ServiceUnavailable("The database is not reachable or not migrated.") from exc
+    if frozenset(row[0] for row in rows) != head_revisions():
+        raise ServiceUnavailable("The database is not at the latest migration.")
+    return {"status": "ready"}
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics (request counts and latencies by route template)."""
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/problems", include_in_schema=False)
+async def problems() -> list[dict[str, Any]]:
+    return problem_catalogue()
+
+
+@router.get("/problems/{slug}", include_in_schema=False)
+async def problem(slug: str) -> dict[str, Any]:
+    for entry in problem_catalogue():
+        if entry["type"] == "/problems/" + slug:
+            return entry
+    from app.errors import NotFound
+
+    raise NotFound()

@@ -1,0 +1,177 @@
+"""Rendering refusals as RFC 9457 problem details, and declaring them in the OpenAPI document."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import (
+    PROBLEM_MEDIA_TYPE,
+    NotFound,
+    Problem,
+    Unauthorized,
+    ValidationFailed,
+    all_problem_types,
+)
+from app.request_context import current_request_id
+
+log = logging.getLogger("shopvault.errors")
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_MEDIA_TYPE
+
+
+def problem_body(problem: Problem, request_id: str) -> dict[str, Any]:
+    return {
+        "type": problem.type_uri,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        "request_id": request_id,
+        **problem.extra,
+    }
+
+
+def problem_response(problem: Problem, request_id: str | None = None) -> ProblemResponse:
+    headers = {"Cache-Control": "no-store", **problem.headers}
+    return ProblemResponse(
+        problem_body(problem, request_id or current_request_id()),
+        status_code=problem.status,
+        headers=headers,
+    )
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # Location and kind of each error, never the offending value (it may be personal data).
+    return [
+        {"loc": list(error.get("loc", ())), "type": error.get("type", "invalid")}
+        for error in exc.errors()
+    ]
+
+
+async def _on_problem(_request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, Problem)
+    if exc.status >= 500:
+        log.warning("refused", extra={"problem": exc.slug, "status": exc.status})
+    return problem_response(exc)
+
+
+async def _on_validation(_request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, RequestValidationError)
+    problem = ValidationFailed(extra={"errors": _validation_errors(exc)})
+    return problem_response(problem)
+
+
+async def _on_http(_request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    problem: Problem
+    if exc.status_code == 404:
+        problem = NotFound()
+    elif exc.status_code == 401:
+        problem = Unauthorized()
+    else:
+        problem = Problem(detail="The request could not be handled.")
+        problem.status = exc.status_code  # type: ignore[misc]
+        problem.slug = "http-error"  # type: ignore[misc]
+        problem.title = "HTTP error"  # type: ignore[misc]
+    return problem_response(problem)
+
+
+async def _on_unexpected(_request: Request, exc: Exception) -> ProblemResponse:
+    log.error("unhandled error", extra={"error": type(exc).__name__})
+    return problem_response(Problem())
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Problem",
+    "description": "RFC 9457 problem details. `type` is stable per cause.",
+    "required": ["type", "title", "status", "detail", "request_id"],
+    "properties": {
+        "type": {"type": "string", "examples": ["/problems/purpose-required"]},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "request_id": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "description": "For `422`: where each invalid value is (never the value).",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+_DESCRIPTIONS = {
+    400: "Missing or malformed header",
+    401: "No valid token",
+    403: "Refused by policy (recorded as a denied access event)",
+    404: "Not found",
+    409: "Conflict",
+    413: "Body larger than 1 MiB",
+    422: "Invalid body or parameters",
+    429: "Rate limited (see Retry-After)",
+    500: "Internal error",
+    503: "Unavailable, or the access could not be recorded (see Retry-After)",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route or router: these statuses answer with problem details."""
+    return {
+        status: {
+            "description": _DESCRIPTIONS.get(status, "Error"),
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }
+
+
+def declare_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """Every operation declares its errors as problem+json: its own, 422, 413, 500 and 503."""
+    schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    schemas = schema["components"]["schemas"]
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    ref = {"schema": {"$ref": "#/components/schemas/Problem"}}
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            extra = [422, 500, 503]
+            if "requestBody" in operation:
+                extra.append(413)
+            if operation.get("security"):
+                extra.append(401)
+            for status in extra:
+                responses.setdefault(str(status), {"description": _DESCRIPTIONS[status]})
+            for status, response in responses.items():
+                if status.isdigit() and int(status) >= 400:
+                    response["content"] = {PROBLEM_MEDIA_TYPE: ref}
+    return schema
+
+
+def problem_catalogue() -> list[dict[str, Any]]:
+    return [
+        {"type": cls.slug and "/problems/" + cls.slug, "title": cls.title, "status": cls.status}
+        for cls in all_problem_types()
+    ]

@@ -1,0 +1,18 @@
+"""Who calls the service."""
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    SALES = "sales"
+    TECHNICIAN = "technician"
+    MANAGER = "manager"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+    BILLING_SYSTEM = "billing_system"
+    FRAUD_SYSTEM = "fraud_system"
+
+
+STORE_ROLES = frozenset({Role.SALES, Role.TECHNICIAN, Role.MANAGER})
+STAFF_ROLES = frozenset({*STORE_ROLES, Role.AUDITOR, Role.ADMIN})
+CLIENT_ROLES = frozenset({Role.BILLING_SYSTEM, Role.FRAUD_SYSTEM})

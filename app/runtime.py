@@ -1,0 +1,44 @@
+"""Everything built once per process: settings, keys, engine, token codec, rate limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.audit.chain import derive_chain_key
+from app.auth.tokens import TokenCodec
+from app.config import Settings
+from app.db import create_request_engine, session_factory
+from app.keys import Keys, load_keys
+from app.ratelimit import RateLimits
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    keys: Keys
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    tokens: TokenCodec
+    limits: RateLimits
+    chain_key: bytes
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        keys = load_keys(settings)
+        engine = create_request_engine(settings.resolved_database_url)
+        return cls(
+            settings=settings,
+            keys=keys,
+            engine=engine,
+            sessions=session_factory(engine),
+            tokens=TokenCodec(
+                keys.jwt,
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience,
+                ttl_seconds=settings.token_ttl_seconds,
+            ),
+            limits=RateLimits(settings.redis_url),
+            chain_key=derive_chain_key(keys.index),
+        )
