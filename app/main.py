@@ -9,11 +9,16 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from app.admin.router import router as admin_router
 from app.auth.router import router as auth_router
+from app.customers.router import router as customers_router
 from app.config import Settings
 from app.logs import configure_logging
 from app.middleware import Metrics, RequestMiddleware
 from app.ops.router import router as ops_router
+from app.policy import render_markdown
+from app.visits.router import router as visits_router
+from app.visits.service import ensure_service_keys
 from app.problems import declare_problems, install_problem_handlers
 from app.runtime import Runtime
 
@@ -27,6 +32,18 @@ Errors are RFC 9457 problem details (`application/problem+json`); each `type` is
 """
 
 
+POLICY_SECTION = f"""
+
+## The policy: role × purpose → field groups
+
+*visit*: `X-Visit-Id` of an open visit for this customer at your store (*repair_visit*: of type
+`repair`); *reason*: `X-Access-Reason`; a manager without a visit gives a reason and the access is
+queued for review. `—` is denied.
+
+{render_markdown()}
+"""
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     runtime = Runtime.build(settings)
@@ -34,20 +51,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await ensure_service_keys(runtime)
         yield
         await runtime.engine.dispose()
 
     app = FastAPIOffline(
         title="shopvault",
         version="0.1.0",
-        description=DESCRIPTION,
+        description=DESCRIPTION + POLICY_SECTION,
         lifespan=lifespan,
     )
     app.state.runtime = runtime
     app.state.metrics = metrics
     install_problem_handlers(app)
     app.add_middleware(RequestMiddleware, metrics=metrics)
-    for router in (ops_router, auth_router):
+    for router in (ops_router, auth_router, admin_router, visits_router, customers_router):
         app.include_router(router)
 
     def openapi() -> dict[str, Any]:

@@ -63,11 +63,12 @@ class RequestMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"],
-                    (b"x-request-id", request_id.encode()),
-                ]
+                extra = [(b"x-request-id", request_id.encode())]
+                existing = message.get("headers", [])
+                if not any(name.lower() == b"cache-control" for name, _ in existing):
+                    # Personal data must never sit in a cache; nothing here is worth caching.
+                    extra.append((b"cache-control", b"no-store"))
+                message["headers"] = [*existing, *extra]
             await send(message)
 
         try:

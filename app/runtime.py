@@ -8,10 +8,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.audit.chain import derive_chain_key
 from app.auth.tokens import TokenCodec
+from app.blind_index import BlindIndex
 from app.config import Settings
 from app.db import create_request_engine, session_factory
 from app.keys import Keys, load_keys
 from app.ratelimit import RateLimits
+from app.vault import Vault
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class Runtime:
     tokens: TokenCodec
     limits: RateLimits
     chain_key: bytes
+    vault: Vault
+    blind_index: BlindIndex
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -41,4 +45,6 @@ class Runtime:
             ),
             limits=RateLimits(settings.redis_url),
             chain_key=derive_chain_key(keys.index),
+            vault=Vault(keys.master),
+            blind_index=BlindIndex(keys.index),
         )

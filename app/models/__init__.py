@@ -2,15 +2,24 @@
 
 from app.models.access_event import AccessEvent, AccessEventCustomer, AuditChain
 from app.models.base import Base
+from app.models.customer import ConsentEvent, Contract, Customer, CustomerKey
 from app.models.identity import RevokedToken, Staff, Store, SystemClient
+from app.models.visit import IdempotentRequest, ServiceKey, Visit
 
 __all__ = [
     "AccessEvent",
     "AccessEventCustomer",
     "AuditChain",
     "Base",
+    "ConsentEvent",
+    "Contract",
+    "Customer",
+    "CustomerKey",
+    "IdempotentRequest",
+    "ServiceKey",
     "RevokedToken",
     "Staff",
     "Store",
     "SystemClient",
+    "Visit",
 ]

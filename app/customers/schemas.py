@@ -1,0 +1,215 @@
+"""Customer and contract bodies. Inputs normalise themselves; outputs carry only the groups
+the policy disclosed (fields of other groups are absent, not null)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from app.policy import FieldGroup
+from app.validation.documents import DocumentType
+from app.validation.email import normalise_email
+from app.validation.fields import (
+    Address,
+    BirthDate,
+    Digits4,
+    Kana,
+    PersonName,
+    Phone,
+    PostalCode,
+    ShortText,
+)
+
+
+def _email(text: str) -> str:
+    return normalise_email(text)[0]
+
+
+Email = Annotated[str, StringConstraints(max_length=254), AfterValidator(_email)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IdentityDocumentIn(Strict):
+    type: DocumentType
+    number: Annotated[str, StringConstraints(max_length=32)] | None = None
+
+
+class ConsentsIn(Strict):
+    marketing_email: bool = False
+    marketing_sms: bool = False
+
+
+class CustomerCreate(Strict):
+    name: PersonName
+    name_kana: Kana
+    date_of_birth: BirthDate
+    postal_code: PostalCode
+    address: Address
+    phone: Phone
+    email: Email | None = None
+    identity_document: IdentityDocumentIn
+    consents: ConsentsIn = Field(default_factory=ConsentsIn)
+
+
+class ConsentsPatch(Strict):
+    marketing_email: bool | None = None
+    marketing_sms: bool | None = None
+
+
+class CustomerPatch(Strict):
+    """A correction: only the fields sent change; the access event names them, never values."""
+
+    name: PersonName | None = None
+    name_kana: Kana | None = None
+    date_of_birth: BirthDate | None = None
+    postal_code: PostalCode | None = None
+    address: Address | None = None
+    phone: Phone | None = None
+    email: Email | None = None
+    consents: ConsentsPatch | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> CustomerPatch:
+        if not self.model_fields_set:
+            raise ValueError("send at least one field to correct")
+        required = {"name", "name_kana", "date_of_birth", "postal_code", "address", "phone"}
+        for name in required & self.model_fields_set:
+            if getattr(self, name) is None:
+                raise ValueError("only email may be removed")
+        return self
+
+
+class IdentityDocumentOut(BaseModel):
+    type: DocumentType
+    number_last4: str | None
+    verified_at: datetime
+    verified_store: str | None
+
+
+class ContractOut(BaseModel):
+    id: str
+    line_number: str
+    plan: str
+    status: Literal["active", "terminated"]
+    started_on: date
+    ended_on: date | None
+
+
+class DeviceOut(BaseModel):
+    contract_id: str
+    model: str
+    imei_last4: str
+
+
+class BillingOut(BaseModel):
+    payment_method: str
+    account_last4: str | None
+
+
+class ConsentsOut(BaseModel):
+    marketing_email: bool
+    marketing_sms: bool
+
+
+class VisitSummary(BaseModel):
+    id: str
+    store: str
+    type: str
+    opened_at: datetime
+    closed_at: datetime | None
+
+
+class RepairOut(BaseModel):
+    visit_id: str
+    device_model: str
+    symptom: str
+    status: str
+    updated_at: datetime | None
+
+
+class CustomerView(BaseModel):
+    """A customer as the policy disclosed it: ``fields`` lists the groups present."""
+
+    id: str
+    fields: list[FieldGroup]
+    name: str | None = None
+    name_kana: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    postal_code: str | None = None
+    address: str | None = None
+    date_of_birth: date | None = None
+    identity_document: IdentityDocumentOut | None = None
+    document_number: str | None = None
+    contracts: list[ContractOut] | None = None
+    devices: list[DeviceOut] | None = None
+    billing: BillingOut | None = None
+    consents: ConsentsOut | None = None
+    visits: list[VisitSummary] | None = None
+    repairs: list[RepairOut] | None = None
+
+
+class SearchRequest(Strict):
+    """Exactly one criterion: ``phone``; or ``email``; or ``name_kana`` with ``date_of_birth``."""
+
+    phone: Phone | None = None
+    email: Email | None = None
+    name_kana: Kana | None = None
+    date_of_birth: BirthDate | None = None
+
+    @model_validator(mode="after")
+    def _one_criterion(self) -> SearchRequest:
+        given = {name for name in self.model_fields_set if getattr(self, name) is not None}
+        if given not in ({"phone"}, {"email"}, {"name_kana", "date_of_birth"}):
+            raise ValueError("search by phone, by email, or by name_kana with date_of_birth")
+        return self
+
+
+class SearchMatch(BaseModel):
+    id: str
+    display_name: str
+
+
+class SearchResult(BaseModel):
+    items: list[SearchMatch]
+    next: None = None
+
+
+class DeviceIn(Strict):
+    model: ShortText
+    imei: Annotated[str, Field(pattern=r"^[0-9]{15}$")]
+
+
+class BillingIn(Strict):
+    payment_method: Literal["credit_card", "bank_transfer", "convenience_store"]
+    account_last4: Digits4 | None = None
+
+
+class ContractCreate(Strict):
+    line_number: Phone
+    plan: ShortText
+    device: DeviceIn
+    billing: BillingIn
+    started_on: date | None = None
+
+
+class ContractPatch(Strict):
+    status: Literal["terminated"]
+    ended_on: date | None = None
+
+
+class ContractView(BaseModel):
+    id: str
+    customer_id: str
+    line_number: str
+    plan: str
+    status: Literal["active", "terminated"]
+    started_on: date
+    ended_on: date | None
+    device: DeviceOut
+    billing: BillingOut

@@ -1,0 +1,85 @@
+"""Visit queries, always scoped to one store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import Customer, ServiceKey, Store, Visit
+from app.customers.repository import visit_is_open
+
+
+async def in_store(session: AsyncSession, visit_id: str, store_id: str) -> tuple[Visit, str] | None:
+    statement = (
+        select(Visit, Store.code)
+        .join(Store, Store.id == Visit.store_id)
+        .where(Visit.id == visit_id, Visit.store_id == store_id)
+    )
+    row = (await session.execute(statement)).one_or_none()
+    return (row[0], row[1]) if row else None
+
+
+async def close_expired(session: AsyncSession, store_id: str, now: datetime) -> None:
+    """Give visits that closed themselves their real ``closed_at``."""
+    await session.execute(
+        update(Visit)
+        .where(
+            Visit.store_id == store_id,
+            Visit.closed_at.is_(None),
+            Visit.auto_close_at.is_not(None),
+            Visit.auto_close_at <= now,
+        )
+        .values(closed_at=Visit.auto_close_at)
+    )
+
+
+async def open_in_store(
+    session: AsyncSession,
+    store_id: str,
+    now: datetime,
+    *,
+    limit: int,
+    before: tuple[datetime, str] | None,
+) -> Sequence[tuple[Visit, str]]:
+    statement = (
+        select(Visit, Store.code)
+        .join(Store, Store.id == Visit.store_id)
+        .where(Visit.store_id == store_id, visit_is_open(now))
+        .order_by(Visit.opened_at.desc(), Visit.id.desc())
+        .limit(limit)
+    )
+    if before is not None:
+        opened_at, visit_id = before
+        statement = statement.where(
+            or_(Visit.opened_at < opened_at, and_(Visit.opened_at == opened_at, Visit.id < visit_id))
+        )
+    return [(v, code) for v, code in (await session.execute(statement)).all()]
+
+
+async def customer_state(session: AsyncSession, customer_id: str) -> str | None:
+    return (
+        await session.execute(select(Customer.state).where(Customer.id == customer_id))
+    ).scalar_one_or_none()
+
+
+async def service_key(session: AsyncSession, name: str) -> ServiceKey | None:
+    return await session.get(ServiceKey, name)
+
+
+async def add_service_key_if_absent(session: AsyncSession, row: ServiceKey) -> None:
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    await session.execute(
+        insert(ServiceKey)
+        .values(
+            name=row.name,
+            wrapped_key=row.wrapped_key,
+            master_key_id=row.master_key_id,
+            created_at=row.created_at or datetime.now().astimezone(),
+        )
+        .on_conflict_do_nothing()
+    )

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from app.validation.fields import Notes, ShortText
+from app.visits.rules import RepairStatus, VisitType
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RepairIn(Strict):
+    device_model: ShortText
+    symptom: Notes
+
+
+class VisitCreate(Strict):
+    type: VisitType
+    customer_id: str | None = None
+    notes: Notes | None = None
+    repair: RepairIn | None = None
+
+    @model_validator(mode="after")
+    def _repair_matches_type(self) -> VisitCreate:
+        if (self.type is VisitType.REPAIR) != (self.repair is not None):
+            raise ValueError("a repair visit carries `repair`; other visits do not")
+        return self
+
+
+class RepairPatch(Strict):
+    status: RepairStatus
+
+
+class VisitPatch(Strict):
+    customer_id: str | None = None
+    notes: Notes | None = None
+    repair: RepairPatch | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> VisitPatch:
+        if not self.model_fields_set:
+            raise ValueError("send customer_id, notes or repair")
+        return self
+
+
+class RepairOut(BaseModel):
+    device_model: str
+    symptom: str
+    status: RepairStatus
+    updated_at: datetime | None
+
+
+class VisitView(BaseModel):
+    id: str
+    store: str
+    type: VisitType
+    status: Literal["open", "closed"]
+    customer_id: str | None
+    opened_at: datetime
+    closed_at: datetime | None
+    notes: str | None
+    repair: RepairOut | None
+
+
+class VisitList(BaseModel):
+    items: list[VisitView]
+    next: str | None
