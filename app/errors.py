@@ -117,6 +117,11 @@ class RateLimited(Problem):
         super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
 
 
+class DataIntegrityFailure(Problem):
+    status, slug, title = 500, "data-integrity", "Stored data failed its integrity check"
+    default_detail = "A stored value did not decrypt; nothing was disclosed. Operators are alerted."
+
+
 class ServiceUnavailable(Problem):
     status, slug, title = 503, "unavailable", "Service unavailable"
     default_detail = "The service is temporarily unavailable; retry shortly."

@@ -43,11 +43,14 @@ def encode_key(raw: bytes) -> str:
 def decode_key(text: str, name: str) -> bytes:
     text = text.strip()
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as exc:
         raise KeyError_(f"SHOPVAULT_{name.upper()}_KEY is not base64url") from exc
     if len(raw) < KEY_BYTES:
         raise KeyError_(f"SHOPVAULT_{name.upper()}_KEY must be at least {KEY_BYTES} random bytes")
+    if name == "master" and len(raw) != KEY_BYTES:
+        # It is an AES-256 key-wrapping key: exactly 32 bytes.
+        raise KeyError_(f"SHOPVAULT_MASTER_KEY must be exactly {KEY_BYTES} random bytes")
     if len(set(raw)) < KEY_BYTES // 4:
         raise KeyError_(f"SHOPVAULT_{name.upper()}_KEY does not look random")
     return raw

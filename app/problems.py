@@ -10,8 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.crypto import DecryptionError
 from app.errors import (
     PROBLEM_MEDIA_TYPE,
+    DataIntegrityFailure,
     NotFound,
     Problem,
     Unauthorized,
@@ -83,6 +85,11 @@ async def _on_http(_request: Request, exc: Exception) -> ProblemResponse:
     return problem_response(problem)
 
 
+async def _on_decryption_failure(_request: Request, exc: Exception) -> ProblemResponse:
+    log.error("stored value failed to decrypt", extra={"error": type(exc).__name__})
+    return problem_response(DataIntegrityFailure())
+
+
 async def _on_unexpected(_request: Request, exc: Exception) -> ProblemResponse:
     log.error("unhandled error", extra={"error": type(exc).__name__})
     return problem_response(Problem())
@@ -92,6 +99,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(DecryptionError, _on_decryption_failure)
     app.add_exception_handler(Exception, _on_unexpected)
 
 

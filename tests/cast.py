@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Any
 
 from argon2 import PasswordHasher
-from sqlalchemy import Engine, insert
+from sqlalchemy import Connection, Engine, insert
 
 from app.auth.passwords import hash_client_secret
 from app.models import Staff, Store, SystemClient
@@ -66,55 +68,59 @@ FRAUD = Client("fraud", "fraud_system")
 CLIENTS = (BILLING, FRAUD)
 
 
-def seed(engine: Engine) -> None:
+@functools.cache
+def seed_rows() -> dict[type[Any], list[dict[str, Any]]]:
+    """The cast as rows, computed once per test session so every database starts identical."""
     now = utcnow()
     store_ids = {code: new_id() for code in STORES}
+    return {
+        Store: [
+            {
+                "id": store_ids[code],
+                "code": code,
+                "name": name,
+                "opens_at": opens,
+                "closes_at": closes,
+                "created_at": now,
+            }
+            for code, (name, opens, closes) in STORES.items()
+        ],
+        Staff: [
+            {
+                "id": new_id(),
+                "login": member.login,
+                "display_name": f"テスト {member.login}",
+                "role": member.role,
+                "store_id": store_ids[member.store] if member.store else None,
+                "password_hash": _cheap.hash(member.password),
+                "active": True,
+                "auth_epoch": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for member in STAFF
+        ],
+        SystemClient: [
+            {
+                "id": new_id(),
+                "name": client.name,
+                "role": client.role,
+                "secret_hash": hash_client_secret(client.secret),
+                "active": True,
+                "auth_epoch": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for client in CLIENTS
+        ],
+    }
+
+
+def seed(engine: Engine) -> None:
     with engine.begin() as connection:
-        connection.execute(
-            insert(Store),
-            [
-                {
-                    "id": store_ids[code],
-                    "code": code,
-                    "name": name,
-                    "opens_at": opens,
-                    "closes_at": closes,
-                    "created_at": now,
-                }
-                for code, (name, opens, closes) in STORES.items()
-            ],
-        )
-        connection.execute(
-            insert(Staff),
-            [
-                {
-                    "id": new_id(),
-                    "login": member.login,
-                    "display_name": f"テスト {member.login}",
-                    "role": member.role,
-                    "store_id": store_ids[member.store] if member.store else None,
-                    "password_hash": _cheap.hash(member.password),
-                    "active": True,
-                    "auth_epoch": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for member in STAFF
-            ],
-        )
-        connection.execute(
-            insert(SystemClient),
-            [
-                {
-                    "id": new_id(),
-                    "name": client.name,
-                    "role": client.role,
-                    "secret_hash": hash_client_secret(client.secret),
-                    "active": True,
-                    "auth_epoch": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for client in CLIENTS
-            ],
-        )
+        seed_into(connection)
+
+
+def seed_into(connection: Connection) -> None:
+    for model, rows in seed_rows().items():
+        connection.execute(insert(model), rows)

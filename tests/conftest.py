@@ -45,6 +45,15 @@ def postgres_template() -> Iterator[str]:
         yield name
 
 
+@pytest.fixture(scope="session")
+def postgres_copies(postgres_template: str) -> Iterator[databases.PostgresCopies]:
+    base = databases.postgres_base_url()
+    assert base is not None
+    copies = databases.PostgresCopies(base, postgres_template)
+    yield copies
+    copies.close()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param
@@ -59,10 +68,8 @@ def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
         template: Path = request.getfixturevalue("sqlite_template")
         yield databases.sqlite_copy(template, tmp_path / "db")
         return
-    base = databases.postgres_base_url()
-    assert base is not None
-    name: str = request.getfixturevalue("postgres_template")
-    with databases.postgres_copy(base, name) as url:
+    copies: databases.PostgresCopies = request.getfixturevalue("postgres_copies")
+    with copies.copy() as url:
         yield url
 
 

@@ -1,0 +1,118 @@
+"""Encryption at rest: per-customer data keys wrapped by the master key, and field encryption.
+
+Every personal value is sealed with AES-256-GCM under its customer's data key, with a fresh
+96-bit nonce and associated data naming the table, column and row it belongs to, so a
+ciphertext copied into another row or column does not decrypt. Data keys are themselves sealed
+("wrapped") by the master key, bound to their customer and key scope; destroying a wrapped key
+makes that customer's data in that scope unreadable for good.
+
+Blob layout (both kinds): one format-version byte, the 12-byte nonce, then ciphertext + tag.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+DATA_KEY_BYTES = 32
+MASTER_KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+FORMAT_VERSION = 1
+
+_VERSION_PREFIX = bytes([FORMAT_VERSION])
+_HEADER_BYTES = 1 + NONCE_BYTES
+_WRAPPED_BYTES = _HEADER_BYTES + DATA_KEY_BYTES + TAG_BYTES
+_MAX_AAD_PART = 0xFFFF
+
+
+class DecryptionError(Exception):
+    """A blob did not decrypt: wrong key, wrong place (associated data), tampered or malformed."""
+
+
+class KeyScope(StrEnum):
+    # The identity-verification record must be kept longer than the rest of a customer's data,
+    # so it has its own data key: erasure destroys PROFILE and keeps IDENTITY until it is due.
+    IDENTITY = "identity"
+    PROFILE = "profile"
+
+
+def new_data_key() -> bytes:
+    return os.urandom(DATA_KEY_BYTES)
+
+
+def _aad(label: bytes, *parts: str) -> bytes:
+    # Length-prefixed, so that ("ab", "c") and ("a", "bc") never share associated data.
+    out = bytearray(_VERSION_PREFIX + label)
+    for part in parts:
+        raw = part.encode("utf-8")
+        if len(raw) > _MAX_AAD_PART:
+            raise ValueError("An associated-data part is too long.")
+        out += len(raw).to_bytes(2, "big") + raw
+    return bytes(out)
+
+
+def _seal(aead: AESGCM, plaintext: bytes, aad: bytes) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    return _VERSION_PREFIX + nonce + aead.encrypt(nonce, plaintext, aad)
+
+
+def _open(aead: AESGCM, blob: bytes, aad: bytes) -> bytes:
+    if len(blob) < _HEADER_BYTES + TAG_BYTES or blob[:1] != _VERSION_PREFIX:
+        raise DecryptionError("The blob is malformed or of an unknown format version.")
+    try:
+        return aead.decrypt(blob[1:_HEADER_BYTES], blob[_HEADER_BYTES:], aad)
+    except InvalidTag:
+        raise DecryptionError("The blob does not decrypt with this key and context.") from None
+
+
+class MasterKey:
+    """Wraps and unwraps data keys. Holds the key only inside its AESGCM instance."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != MASTER_KEY_BYTES:
+            raise ValueError(f"The master key must be exactly {MASTER_KEY_BYTES} bytes.")
+        self._aead = AESGCM(key)
+
+    def __repr__(self) -> str:
+        return "MasterKey(<redacted>)"
+
+    def wrap(self, data_key: bytes, *, customer_id: str, scope: KeyScope) -> bytes:
+        if len(data_key) != DATA_KEY_BYTES:
+            raise ValueError(f"A data key must be exactly {DATA_KEY_BYTES} bytes.")
+        return _seal(self._aead, data_key, _aad(b"key", customer_id, scope.value))
+
+    def unwrap(self, wrapped: bytes, *, customer_id: str, scope: KeyScope) -> bytes:
+        if len(wrapped) != _WRAPPED_BYTES:
+            raise DecryptionError("The wrapped key is malformed.")
+        return _open(self._aead, wrapped, _aad(b"key", customer_id, scope.value))
+
+
+class FieldCipher:
+    """Encrypts and decrypts one customer's fields under one data key."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, data_key: bytes) -> None:
+        if len(data_key) != DATA_KEY_BYTES:
+            raise ValueError(f"A data key must be exactly {DATA_KEY_BYTES} bytes.")
+        self._aead = AESGCM(data_key)
+
+    def __repr__(self) -> str:
+        return "FieldCipher(<redacted>)"
+
+    def encrypt(self, plaintext: str, *, table: str, column: str, row_id: str) -> bytes:
+        return _seal(self._aead, plaintext.encode("utf-8"), _aad(b"field", table, column, row_id))
+
+    def decrypt(self, blob: bytes, *, table: str, column: str, row_id: str) -> str:
+        raw = _open(self._aead, blob, _aad(b"field", table, column, row_id))
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            # Authentic but not text: only possible if something else was sealed here.
+            raise DecryptionError("The decrypted value is not text.") from None
