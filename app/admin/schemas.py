@@ -1,0 +1,170 @@
+"""Bodies and answers of the administration API. Request bodies refuse unknown fields."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, ClassVar, Generic, Literal, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, model_validator
+
+from app.roles import Role
+
+StoreCode = Annotated[
+    str, StringConstraints(pattern=r"^[A-Z0-9]{2,16}$", min_length=2, max_length=16)
+]
+Login = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{2,63}$", min_length=3, max_length=64)
+]
+ClientName = Login
+DisplayText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Password = Annotated[str, StringConstraints(min_length=12, max_length=256)]
+ClockTime = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+
+StaffRole = Literal[Role.SALES, Role.TECHNICIAN, Role.MANAGER, Role.AUDITOR, Role.ADMIN]
+ClientRole = Literal[Role.BILLING_SYSTEM, Role.FRAUD_SYSTEM]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Patch(Body):
+    """A partial update: absent fields stay as they are; at least one field must be sent."""
+
+    # Fields that may be sent as ``null`` on purpose (everything else needs a value).
+    nullable: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _not_empty_no_stray_nulls(self) -> Self:
+        sent = self.model_fields_set
+        if not sent:
+            raise ValueError("send at least one field")
+        for name in sent - self.nullable:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} may not be null")
+        return self
+
+
+# --- stores -------------------------------------------------------------------------------------
+
+
+class OpeningHours(Body):
+    """Local time in Asia/Tokyo, the same every day; `open` is before `close`."""
+
+    open: ClockTime = Field(examples=["10:00"])
+    close: ClockTime = Field(examples=["20:00"])
+
+    @model_validator(mode="after")
+    def _opens_before_closing(self) -> Self:
+        # Zero-padded HH:MM strings order like the times they name.
+        if self.open >= self.close:
+            raise ValueError("open must be before close")
+        return self
+
+
+class StoreCreate(Body):
+    code: StoreCode = Field(examples=["S003"])
+    name: DisplayText
+    opening_hours: OpeningHours
+
+
+class StoreOut(BaseModel):
+    id: str
+    code: str
+    name: str
+    opening_hours: OpeningHours
+    created_at: datetime
+
+
+# --- staff --------------------------------------------------------------------------------------
+
+
+class StaffCreate(Body):
+    login: Login
+    display_name: DisplayText
+    role: StaffRole
+    store: StoreCode | None = Field(
+        default=None,
+        description="Store code: required for sales, technician and manager; none otherwise.",
+    )
+    password: Password = Field(
+        description="Write-only. At least 12 characters, not containing the login."
+    )
+    active: StrictBool = True
+
+
+class StaffPatch(Patch):
+    """Any of these fields; the login never changes. A change of role, store or password, or a
+    deactivation, ends every token the person holds."""
+
+    nullable: ClassVar[frozenset[str]] = frozenset({"store"})
+
+    display_name: DisplayText | None = None
+    role: StaffRole | None = None
+    store: StoreCode | None = None
+    password: Password | None = Field(default=None, description="Write-only.")
+    active: StrictBool | None = None
+
+
+class StaffOut(BaseModel):
+    id: str
+    login: str
+    display_name: str
+    role: Role
+    store: str | None = Field(description="The store code; none for auditors and admins.")
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+# --- system clients -----------------------------------------------------------------------------
+
+
+class ClientCreate(Body):
+    name: ClientName
+    role: ClientRole
+    active: StrictBool = True
+
+
+class ClientPatch(Patch):
+    """The name (the client's `client_id`) never changes. Deactivation or a change of role ends
+    every token the client holds."""
+
+    role: ClientRole | None = None
+    active: StrictBool | None = None
+
+
+class ClientOut(BaseModel):
+    id: str
+    name: str
+    client_id: str = Field(description="What the client sends as `client_id`: its name.")
+    role: Role
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class ClientWithSecret(ClientOut):
+    client_secret: str = Field(description="Shown this once; only its hash is kept.")
+
+
+# --- lists --------------------------------------------------------------------------------------
+
+Item = TypeVar("Item", bound=BaseModel)
+
+
+class Page(BaseModel, Generic[Item]):
+    items: list[Item]
+    next: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+
+
+class StoreList(Page[StoreOut]):
+    pass
+
+
+class StaffList(Page[StaffOut]):
+    pass
+
+
+class ClientList(Page[ClientOut]):
+    pass
