@@ -81,7 +81,9 @@ class PurposeNotAllowed(Forbidden):
 
 class VisitRequired(Forbidden):
     slug, title = "visit-required", "Open visit required"
-    default_detail = "This access needs X-Visit-Id of an open visit for this customer at your store."
+    default_detail = (
+        "This access needs X-Visit-Id of an open visit for this customer at your store."
+    )
 
 
 class ReasonRequired(Forbidden):

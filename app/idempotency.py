@@ -64,5 +64,3 @@ def remember(
             caller_id=caller_id, key=key, route=route, fingerprint=print_, resource_id=resource_id
         )
     )
-
-

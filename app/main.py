@@ -11,16 +11,16 @@ from fastapi_offline import FastAPIOffline
 
 from app.admin.router import router as admin_router
 from app.auth.router import router as auth_router
-from app.customers.router import router as customers_router
 from app.config import Settings
+from app.customers.router import router as customers_router
 from app.logs import configure_logging
 from app.middleware import Metrics, RequestMiddleware
 from app.ops.router import router as ops_router
 from app.policy import render_markdown
-from app.visits.router import router as visits_router
-from app.visits.service import ensure_service_keys
 from app.problems import declare_problems, install_problem_handlers
 from app.runtime import Runtime
+from app.visits.router import router as visits_router
+from app.visits.service import ensure_service_keys
 
 DESCRIPTION = """
 shopvault answers, in software, the questions customers ask about shops: *who can see my data,
