@@ -72,6 +72,9 @@ async def _on_validation(_request: Request, exc: Exception) -> ProblemResponse:
 
 async def _on_http(_request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, Problem):
+        # FastAPI turns any error while reading the body into a 400; keep ours (e.g. the 413).
+        return problem_response(exc.__cause__)
     problem: Problem
     if exc.status_code == 404:
         problem = NotFound()
@@ -82,6 +85,8 @@ async def _on_http(_request: Request, exc: Exception) -> ProblemResponse:
         problem.status = exc.status_code  # type: ignore[misc]
         problem.slug = "http-error"  # type: ignore[misc]
         problem.title = "HTTP error"  # type: ignore[misc]
+        # e.g. the ``Allow`` header that a 405 must carry.
+        problem.headers.update(exc.headers or {})
     return problem_response(problem)
 
 

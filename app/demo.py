@@ -1,0 +1,166 @@
+"""Demo data for trying shopvault out: stores, staff of every role, and system clients.
+
+Everything here is synthetic. Each record is created like an administrator would create it, and
+each creation is recorded as an ``admin`` access event by the given actor, in the caller's unit
+of work (so the data and its events are committed together, or not at all).
+
+``seed_demo`` runs one step per kind of record; a step receives the ``DemoAccounts`` built so far
+(the stores by code, in particular) and adds to it. Later capabilities add their steps (synthetic
+customers and their visits) to ``seed_demo``'s list, after the stores and staff exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.audit.events import Action, Actor, EventDraft
+from app.auth.passwords import hash_client_secret, hash_password_async, new_client_secret
+from app.models import Staff, Store, SystemClient
+from app.models.base import new_id, utcnow
+from app.roles import Role
+from app.uow import UnitOfWork
+
+# One password for every demo staff account: the point of demo data is to be logged in with.
+DEMO_PASSWORD = "shopvault-demo"  # noqa: S105 (demo data, printed on purpose)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoStore:
+    code: str
+    name: str
+    opens_at: str
+    closes_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class DemoMember:
+    login: str
+    display_name: str
+    role: Role
+    store: str | None
+
+
+DEMO_STORES = (
+    DemoStore("S001", "渋谷店", "10:00", "20:00"),
+    DemoStore("S002", "新宿店", "11:00", "21:00"),
+)
+
+DEMO_STAFF = (
+    DemoMember("admin", "システム 管理者", Role.ADMIN, None),
+    DemoMember("auditor", "監査 花子", Role.AUDITOR, None),
+    DemoMember("sales1", "渋谷 販売一郎", Role.SALES, "S001"),
+    DemoMember("tech1", "渋谷 技術一郎", Role.TECHNICIAN, "S001"),
+    DemoMember("manager1", "渋谷 店長一郎", Role.MANAGER, "S001"),
+    DemoMember("sales2", "新宿 販売二郎", Role.SALES, "S002"),
+    DemoMember("tech2", "新宿 技術二郎", Role.TECHNICIAN, "S002"),
+    DemoMember("manager2", "新宿 店長二郎", Role.MANAGER, "S002"),
+)
+
+DEMO_CLIENTS = (
+    ("billing", Role.BILLING_SYSTEM),
+    ("fraud", Role.FRAUD_SYSTEM),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StaffAccount:
+    login: str
+    role: Role
+    store: str | None
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAccount:
+    client_id: str
+    role: Role
+    client_secret: str
+
+
+@dataclass
+class DemoAccounts:
+    """What the demo created: the stores (for later steps) and the credentials to print."""
+
+    stores: dict[str, Store] = field(default_factory=dict)
+    staff: list[StaffAccount] = field(default_factory=list)
+    clients: list[ClientAccount] = field(default_factory=list)
+
+
+async def database_is_new(session: AsyncSession) -> bool:
+    """No store and no staff member yet (a database with only its first admin is not new)."""
+    statement = select(select(Store.id).exists() | select(Staff.id).exists())
+    return not (await session.execute(statement)).scalar()
+
+
+def _record(uow: UnitOfWork, actor: Actor, resource: str) -> None:
+    uow.record(EventDraft(actor=actor, action=Action.ADMIN, resource=resource))
+
+
+async def _add_stores(uow: UnitOfWork, actor: Actor, accounts: DemoAccounts) -> None:
+    for demo in DEMO_STORES:
+        store = Store(
+            id=new_id(),
+            code=demo.code,
+            name=demo.name,
+            opens_at=demo.opens_at,
+            closes_at=demo.closes_at,
+            created_at=utcnow(),
+        )
+        uow.session.add(store)
+        accounts.stores[demo.code] = store
+        _record(uow, actor, f"stores/{store.id}")
+
+
+async def _add_staff(uow: UnitOfWork, actor: Actor, accounts: DemoAccounts) -> None:
+    # One hash for the one shared password: Argon2 is slow by design, and the password is public.
+    password_hash = await hash_password_async(DEMO_PASSWORD)
+    for demo in DEMO_STAFF:
+        now = utcnow()
+        staff = Staff(
+            id=new_id(),
+            login=demo.login,
+            display_name=demo.display_name,
+            role=demo.role.value,
+            store=accounts.stores[demo.store] if demo.store else None,
+            password_hash=password_hash,
+            active=True,
+            auth_epoch=0,
+            created_at=now,
+            updated_at=now,
+        )
+        uow.session.add(staff)
+        accounts.staff.append(StaffAccount(demo.login, demo.role, demo.store, DEMO_PASSWORD))
+        _record(uow, actor, f"staff/{staff.id}")
+
+
+async def _add_clients(uow: UnitOfWork, actor: Actor, accounts: DemoAccounts) -> None:
+    for name, role in DEMO_CLIENTS:
+        secret = new_client_secret()
+        now = utcnow()
+        client = SystemClient(
+            id=new_id(),
+            name=name,
+            role=role.value,
+            secret_hash=hash_client_secret(secret),
+            active=True,
+            auth_epoch=0,
+            created_at=now,
+            updated_at=now,
+        )
+        uow.session.add(client)
+        accounts.clients.append(ClientAccount(name, role, secret))
+        _record(uow, actor, f"clients/{client.id}")
+
+
+async def seed_demo(uow: UnitOfWork, actor: Actor) -> DemoAccounts:
+    """Add the demo records to the unit of work (the caller commits). Raises ``IntegrityError``
+    (on flush) if a store code, login or client name is already taken."""
+    accounts = DemoAccounts()
+    steps = (_add_stores, _add_staff, _add_clients)
+    for step in steps:
+        await step(uow, actor, accounts)
+    await uow.session.flush()
+    return accounts
