@@ -1,4 +1,4 @@
-"""The ``shopvault`` command: ``migrate``, ``create-admin``, ``serve``, ``demo``.
+"""The ``shopvault`` command: ``migrate``, ``create-admin``, ``serve``, ``demo``, ``keys rotate``.
 
 Writes go through the same code paths as the API: the request engine from ``Runtime``, one
 ``UnitOfWork`` per command, and an ``admin`` access event by the ``cli`` actor committed together
@@ -266,6 +266,45 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- keys rotate --------------------------------------------------------------------------------
+
+
+def keys_rotate_command(args: argparse.Namespace, settings: Settings) -> int:
+    import secrets
+
+    from app.key_rotation import promote_next_key, rewrap_all, stage_next_key, staged_key
+    from app.keys import decode_key, encode_key
+
+    current = load_keys(settings).master
+    from_environment = settings.master_key is not None
+    if args.new_key_stdin:
+        new_key = decode_key(sys.stdin.readline(), "master")
+    elif from_environment:
+        new_key = secrets.token_bytes(32)
+    else:
+        # A key staged by an interrupted run is reused, so that run's commit is not orphaned.
+        new_key = staged_key(settings.data_dir) or secrets.token_bytes(32)
+    if new_key == current:
+        raise CommandRefused("the new master key is the current one")
+    if not from_environment:
+        stage_next_key(settings.data_dir, encode_key(new_key))
+
+    async def work(uow: UnitOfWork) -> int:
+        result = await rewrap_all(uow.session, current, new_key)
+        uow.record(EventDraft(actor=CLI_ACTOR, action=Action.ADMIN, resource="keys/master"))
+        return result.customer_keys + result.service_keys
+
+    rewrapped = in_unit_of_work(settings, work)
+    print(f"shopvault: {rewrapped} data keys re-wrapped with the new master key.")
+    if from_environment:
+        print("Set SHOPVAULT_MASTER_KEY to this value and restart every process:")
+        print(encode_key(new_key))
+    else:
+        promote_next_key(settings.data_dir)
+        print("The new master key replaced the old one in the data directory; restart the service.")
+    return 0
+
+
 # --- the command line ---------------------------------------------------------------------------
 
 
@@ -303,6 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="do nothing when the database already has stores or staff",
     )
     demo.set_defaults(handler=demo_command)
+
+    keys = commands.add_parser("keys", help="key management")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    rotate = key_commands.add_parser(
+        "rotate", help="wrap every data key with a new master key (data is untouched)"
+    )
+    rotate.add_argument(
+        "--new-key-stdin",
+        action="store_true",
+        help="read the new master key (base64url of 32 random bytes) from stdin",
+    )
+    rotate.set_defaults(handler=keys_rotate_command)
     return parser
 
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.crypto import KeyScope, MasterKey
@@ -34,6 +34,8 @@ async def rewrap_all(session: AsyncSession, old_key: bytes, new_key: bytes) -> R
     new_id = master_key_id(new_key)
     customers = 0
     for row in (await session.execute(select(CustomerKey).with_for_update())).scalars():
+        if row.master_key_id == new_id:  # already re-wrapped by an interrupted run
+            continue
         scope = KeyScope(row.scope)
         data_key = old.unwrap(row.wrapped_key, customer_id=row.customer_id, scope=scope)
         row.wrapped_key = new.wrap(data_key, customer_id=row.customer_id, scope=scope)
@@ -41,6 +43,8 @@ async def rewrap_all(session: AsyncSession, old_key: bytes, new_key: bytes) -> R
         customers += 1
     services = 0
     for service in (await session.execute(select(ServiceKey).with_for_update())).scalars():
+        if service.master_key_id == new_id:
+            continue
         owner = f"{SERVICE_KEY_OWNER}:{service.name}"
         data_key = old.unwrap(service.wrapped_key, customer_id=owner, scope=KeyScope.PROFILE)
         service.wrapped_key = new.wrap(data_key, customer_id=owner, scope=KeyScope.PROFILE)
@@ -48,11 +52,6 @@ async def rewrap_all(session: AsyncSession, old_key: bytes, new_key: bytes) -> R
         services += 1
     await session.flush()
     return RotationResult(customers, services, new_id)
-
-
-async def keys_wrapped_by(session: AsyncSession, key_id: str) -> int:
-    statement = select(func.count()).where(CustomerKey.master_key_id == key_id)
-    return int((await session.execute(statement)).scalar_one())
 
 
 def next_key_path(data_dir: Path) -> Path:
