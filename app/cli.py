@@ -112,7 +112,7 @@ def in_unit_of_work(settings: Settings, work: Callable[[UnitOfWork], Awaitable[R
         request_id_var.set(f"cli-{uuid.uuid4()}")
         try:
             async with runtime.sessions() as session:
-                uow = UnitOfWork(session, runtime.chain_key)
+                uow = UnitOfWork(session, runtime.audit_log)
                 try:
                     result = await work(uow)
                     await uow.commit()

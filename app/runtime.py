@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.audit.chain import derive_chain_key
+from app.audit.repository import AuditLog
 from app.auth.tokens import TokenCodec
 from app.blind_index import BlindIndex
 from app.config import Settings
@@ -25,6 +26,7 @@ class Runtime:
     tokens: TokenCodec
     limits: RateLimits
     chain_key: bytes
+    audit_log: AuditLog
     vault: Vault
     blind_index: BlindIndex
 
@@ -32,6 +34,7 @@ class Runtime:
     def build(cls, settings: Settings) -> Runtime:
         keys = load_keys(settings)
         engine = create_request_engine(settings.resolved_database_url)
+        chain_key = derive_chain_key(keys.index)
         return cls(
             settings=settings,
             keys=keys,
@@ -44,7 +47,8 @@ class Runtime:
                 ttl_seconds=settings.token_ttl_seconds,
             ),
             limits=RateLimits(settings.redis_url),
-            chain_key=derive_chain_key(keys.index),
+            chain_key=chain_key,
+            audit_log=AuditLog(chain_key),
             vault=Vault(keys.master),
             blind_index=BlindIndex(keys.index),
         )

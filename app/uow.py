@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.events import EventDraft
-from app.audit.repository import append_events
+from app.audit.repository import AuditLog
 from app.auth import repository as auth_repository
 from app.auth.tokens import Principal
 from app.errors import AuditUnavailable, Problem, ServiceUnavailable, Unauthorized
@@ -30,9 +30,9 @@ from app.runtime import Runtime
 
 
 class UnitOfWork:
-    def __init__(self, session: AsyncSession, chain_key: bytes) -> None:
+    def __init__(self, session: AsyncSession, audit_log: AuditLog) -> None:
         self.session = session
-        self._chain_key = chain_key
+        self._audit_log = audit_log
         self._events: list[EventDraft] = []
         self._principal: Principal | None = None
         self._principal_verified = False
@@ -56,17 +56,17 @@ class UnitOfWork:
         self.principal_verified(await auth_repository.is_current(self.session, self._principal))
 
     async def commit(self) -> None:
-        await self.verify_principal()
+        try:
+            await self.verify_principal()
+        except SQLAlchemyError as exc:
+            # For a route with no query of its own, this is the request's first database call.
+            await self.rollback()
+            raise ServiceUnavailable() from exc
         events, self._events = self._events, []
         try:
-            await append_events(
-                self.session,
-                self._chain_key,
-                events,
-                request_id=current_request_id(),
-                at=utcnow(),
+            await self._audit_log.commit(
+                self.session, events, request_id=current_request_id(), at=utcnow()
             )
-            await self.session.commit()
         except SQLAlchemyError as exc:
             await self.rollback()
             raise AuditUnavailable() from exc
@@ -101,7 +101,7 @@ RuntimeDep = Annotated[Runtime, Depends(runtime_of)]
 
 async def unit_of_work(runtime: RuntimeDep) -> AsyncIterator[UnitOfWork]:
     async with runtime.sessions() as session:
-        uow = UnitOfWork(session, runtime.chain_key)
+        uow = UnitOfWork(session, runtime.audit_log)
         try:
             yield uow
         except Problem as problem:

@@ -123,7 +123,8 @@ def test_ciphertexts_are_bound_to_their_row(
     with db.begin() as connection:
         connection.execute(
             text(
-                f"UPDATE customer SET {column} = (SELECT {column} FROM customer WHERE id = :a) WHERE id = :b"
+                f"UPDATE customer SET {column} = "
+                f"(SELECT {column} FROM customer WHERE id = :a) WHERE id = :b"
             ),
             {"a": first.id, "b": second.id},
         )

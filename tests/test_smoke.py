@@ -8,7 +8,9 @@ from sqlalchemy import Engine, text
 from tests import cast
 
 
-def test_login_and_me(client: TestClient, as_member: Callable[..., dict[str, str]], db: Engine) -> None:
+def test_login_and_me(
+    client: TestClient, as_member: Callable[..., dict[str, str]], db: Engine
+) -> None:
     headers = as_member(cast.SALES, terminal="POS-01")
     response = client.get("/auth/me", headers=headers)
     assert response.status_code == 200

@@ -1,10 +1,10 @@
 """The hash chain: how an event is encoded and sealed.
 
-Events are spread over a few chains per store (``S001:3``) so that concurrent writers rarely wait
-for one another; each chain is a strict sequence whose head (last ``seq`` and ``hash``) lives in
-``audit_chain``. An event's hash is HMAC-SHA256, under a key derived from the index key, of the
-previous hash and the event's canonical encoding (version ``ENCODING_VERSION``): a changed,
-deleted or reordered event breaks the chain, and without the key the chain cannot be rebuilt.
+Events are spread over several chains (each process appends to chains of its own, see
+``app/audit/repository.py``); each chain is a strict sequence whose head (last ``seq`` and
+``hash``) lives in ``audit_chain``. An event's hash is HMAC-SHA256, under a key derived from the
+index key, of the previous hash and the event's canonical encoding (``ENCODING_VERSION``): a
+changed, deleted or reordered event breaks the chain, and without the key nobody can rebuild it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,8 +20,6 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 ENCODING_VERSION = 1
 GENESIS_HASH = "0" * 64
-CHAINS_PER_STORE = 8
-SYSTEM_CHAIN_PREFIX = "hq"
 
 HASHED_FIELDS = (
     "id",
@@ -54,10 +51,6 @@ def derive_chain_key(index_key: bytes) -> bytes:
     return HKDF(
         algorithm=hashes.SHA256(), length=32, salt=None, info=b"shopvault/audit-chain/v1"
     ).derive(index_key)
-
-
-def pick_chain(store: str | None) -> str:
-    return f"{store or SYSTEM_CHAIN_PREFIX}:{secrets.randbelow(CHAINS_PER_STORE)}"
 
 
 def _encode_value(value: Any) -> Any:

@@ -1,64 +1,53 @@
-"""Appending to the access log. The only writer of ``access_event`` and ``audit_chain``."""
+"""Appending to the access log: the only writer of ``access_event`` and ``audit_chain``.
+
+Each process appends to chains of its own (see ``docs/audit-chain.md``): it keeps their heads in
+memory, so sealing needs no read, and no other process ever waits for them. An append holds its
+chain's (in-process) lock from sealing until the COMMIT has answered; a chain whose commit failed
+is retired, because nobody can tell whether its last event landed.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit.chain import ENCODING_VERSION, GENESIS_HASH, pick_chain, seal
+from app.audit.chain import ENCODING_VERSION, GENESIS_HASH, seal
 from app.audit.events import EventDraft
 from app.models import AccessEvent, AccessEventCustomer, AuditChain
 from app.models.base import new_id
 
-
-async def _advance_chain(session: AsyncSession, chain: str, count: int) -> tuple[int, str]:
-    """Reserve ``count`` sequence numbers; the row lock is held until the transaction ends."""
-    statement = (
-        update(AuditChain)
-        .where(AuditChain.chain == chain)
-        .values(seq=AuditChain.seq + count)
-        .returning(AuditChain.seq, AuditChain.head_hash)
-    )
-    row = (await session.execute(statement)).one_or_none()
-    if row is None:
-        dialect_insert = (
-            postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-        )
-        await session.execute(
-            dialect_insert(AuditChain)
-            .values(chain=chain, seq=0, head_hash=GENESIS_HASH)
-            .on_conflict_do_nothing()
-        )
-        row = (await session.execute(statement)).one()
-    last_seq, head_hash = row
-    return int(last_seq) - count, str(head_hash)
+CHAINS_PER_PROCESS = 8
 
 
-async def append_events(
-    session: AsyncSession,
-    chain_key: bytes,
-    drafts: Sequence[EventDraft],
-    *,
-    request_id: str,
-    at: datetime,
-) -> list[str]:
-    """Seal and insert the drafts as one run of one chain; returns the new event ids."""
-    if not drafts:
-        return []
-    chain = pick_chain(drafts[0].actor.store)
-    seq, prev_hash = await _advance_chain(session, chain, len(drafts))
+@dataclass(eq=False)
+class _Chain:
+    name: str
+    seq: int = 0
+    head: str = GENESIS_HASH
+    retired: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def _rows(
+    chain: _Chain, drafts: Sequence[EventDraft], key: bytes, request_id: str, at: datetime
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int, str]:
+    """Seal the drafts after the chain's head; the chain itself is not advanced yet."""
+    seq, prev_hash = chain.seq, chain.head
     rows: list[dict[str, Any]] = []
     links: list[dict[str, Any]] = []
     for draft in drafts:
         seq += 1
         event: dict[str, Any] = {
             "id": new_id(),
-            "chain": chain,
+            "chain": chain.name,
             "seq": seq,
             "at": at,
             "actor": draft.actor.name,
@@ -72,9 +61,9 @@ async def append_events(
             "resource": draft.resource,
             "customer_ids": list(draft.customer_ids),
             "fields": sorted(draft.fields),
-            "changed_fields": sorted(draft.changed_fields)
-            if draft.changed_fields is not None
-            else None,
+            "changed_fields": (
+                sorted(draft.changed_fields) if draft.changed_fields is not None else None
+            ),
             "result_count": draft.result_count,
             "outcome": draft.outcome.value,
             "denial": draft.denial,
@@ -83,17 +72,98 @@ async def append_events(
             "encoding_version": ENCODING_VERSION,
         }
         event["prev_hash"] = prev_hash
-        event["hash"] = prev_hash = seal(chain_key, prev_hash, event)
+        event["hash"] = prev_hash = seal(key, prev_hash, event)
         links.extend(
-            {"event_id": event["id"], "position": i, "customer_id": cid}
-            for i, cid in enumerate(draft.customer_ids)
+            {"event_id": event["id"], "position": i, "customer_id": customer_id}
+            for i, customer_id in enumerate(event.pop("customer_ids"))
         )
-        del event["customer_ids"]
         rows.append(event)
-    await session.execute(insert(AccessEvent), rows)
+    return rows, links, seq, prev_hash
+
+
+async def _write(
+    session: AsyncSession,
+    chain: str,
+    rows: list[dict[str, Any]],
+    links: list[dict[str, Any]],
+    seq: int,
+    head: str,
+) -> None:
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        # One round trip: the events, their customer links and the chain head together.
+        head_upsert = postgresql.insert(AuditChain).values(chain=chain, seq=seq, head_hash=head)
+        statement = head_upsert.on_conflict_do_update(
+            index_elements=[AuditChain.chain],
+            set_={"seq": head_upsert.excluded.seq, "head_hash": head_upsert.excluded.head_hash},
+        ).add_cte(insert(AccessEvent).values(rows).cte("appended_events"))
+        if links:
+            statement = statement.add_cte(
+                insert(AccessEventCustomer).values(links).cte("appended_links")
+            )
+        await connection.execute(statement)
+        return
+    await connection.execute(insert(AccessEvent), rows)
     if links:
-        await session.execute(insert(AccessEventCustomer), links)
-    await session.execute(
-        update(AuditChain).where(AuditChain.chain == chain).values(head_hash=prev_hash)
+        await connection.execute(insert(AccessEventCustomer), links)
+    upsert = sqlite.insert(AuditChain).values(chain=chain, seq=seq, head_hash=head)
+    await connection.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[AuditChain.chain],
+            set_={"seq": upsert.excluded.seq, "head_hash": upsert.excluded.head_hash},
+        )
     )
-    return [row["id"] for row in rows]
+
+
+class AuditLog:
+    """This process's chains of the access log."""
+
+    def __init__(self, key: bytes, *, chains: int | None = None) -> None:
+        self._key = key
+        self._tag = secrets.token_hex(6)
+        self._generation = 0
+        self._chains = [self._fresh_chain() for _ in range(chains or CHAINS_PER_PROCESS)]
+
+    def _fresh_chain(self) -> _Chain:
+        self._generation += 1
+        return _Chain(name=f"{self._tag}.{self._generation}")
+
+    def _pick(self) -> _Chain:
+        for chain in self._chains:
+            if not chain.lock.locked():
+                return chain
+        return secrets.choice(self._chains)
+
+    def _retire(self, chain: _Chain) -> None:
+        chain.retired = True
+        self._chains[self._chains.index(chain)] = self._fresh_chain()
+
+    async def commit(
+        self,
+        session: AsyncSession,
+        drafts: Sequence[EventDraft],
+        *,
+        request_id: str,
+        at: datetime,
+    ) -> None:
+        """Append the drafts (sealed) and commit the session's transaction with them."""
+        if not drafts:
+            await session.commit()
+            return
+        # Begin first: on SQLite this takes the write lock, so that no request ever holds a
+        # chain lock while it waits for the database's lock.
+        await session.connection()
+        while True:
+            chain = self._pick()
+            async with chain.lock:
+                if chain.retired:
+                    continue
+                rows, links, seq, head = _rows(chain, drafts, self._key, request_id, at)
+                try:
+                    await _write(session, chain.name, rows, links, seq, head)
+                    await session.commit()
+                except BaseException:
+                    self._retire(chain)
+                    raise
+                chain.seq, chain.head = seq, head
+                return

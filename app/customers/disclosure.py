@@ -141,7 +141,7 @@ def build_view(
                 id=c.id,
                 line_number=format_national(reader.contract_field(c, "line_number")),
                 plan=c.plan,
-                status=c.status,  # type: ignore[arg-type]
+                status=c.status,
                 started_on=c.started_on,
                 ended_on=c.ended_on,
             )

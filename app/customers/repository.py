@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, false, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from app.auth.repository import principal_is_current
 from app.auth.tokens import Principal
@@ -72,9 +74,7 @@ async def load_for_access(
 ) -> AccessRow:
     one = select(literal(1).label("one")).subquery("one")
     verified_store = (
-        select(Store.code)
-        .where(Store.id == Customer.document_verified_store_id)
-        .scalar_subquery()
+        select(Store.code).where(Store.id == Customer.document_verified_store_id).scalar_subquery()
     )
     statement = (
         select(
@@ -120,7 +120,7 @@ async def visits_of(session: AsyncSession, customer_id: str) -> Sequence[tuple[V
 
 async def search_names(
     session: AsyncSession,
-    column: ColumnElement[str | None],
+    column: InstrumentedAttribute[Any],
     digest: str,
     states: Sequence[str],
     limit: int,

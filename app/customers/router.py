@@ -27,7 +27,8 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
-        description="A retry with the same key and body gets the first answer, not a second record.",
+        description="A retry with the same key and body gets the first answer, "
+        "not a second record.",
     ),
 ]
 

@@ -6,10 +6,17 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from app.policy import FieldGroup
-from app.validation.documents import DocumentType
+from app.validation.documents import DocumentType, normalise_document_number
 from app.validation.email import normalise_email
 from app.validation.fields import (
     Address,
@@ -35,8 +42,15 @@ class Strict(BaseModel):
 
 
 class IdentityDocumentIn(Strict):
+    """``number`` is normalised per type; ``None`` for types that may keep no number."""
+
     type: DocumentType
     number: Annotated[str, StringConstraints(max_length=32)] | None = None
+
+    @model_validator(mode="after")
+    def _number_fits_type(self) -> IdentityDocumentIn:
+        self.number = normalise_document_number(self.type, self.number)
+        return self
 
 
 class ConsentsIn(Strict):

@@ -11,10 +11,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import InstrumentedAttribute
 
 from app import idempotency
 from app.access.context import AccessContext
@@ -52,7 +54,6 @@ from app.policy import POLICY, PURPOSES_WHILE_SUSPENDED, FieldGroup, Purpose
 from app.roles import Role
 from app.runtime import Runtime
 from app.uow import UnitOfWork
-from app.validation.documents import normalise_document_number
 from app.validation.email import normalise_email
 from app.validation.kana import kana_index_form
 from app.validation.names import display_name
@@ -63,6 +64,7 @@ TOKYO = ZoneInfo("Asia/Tokyo")
 SEARCH_LIMIT = 5
 SEARCH_ROLES = frozenset({Role.SALES, Role.TECHNICIAN, Role.MANAGER, Role.FRAUD_SYSTEM})
 CORRECTION_PURPOSES = frozenset({Purpose.CONTRACT, Purpose.SUPPORT, Purpose.SUBJECT_REQUEST})
+MALFORMED_ID = "(malformed-id)"
 
 # Which group each correctable field belongs to: a caller corrects only what it may see.
 PATCH_FIELD_GROUP: dict[str, FieldGroup] = {
@@ -91,6 +93,12 @@ def canonical_id(value: str) -> str | None:
         return str(uuid.UUID(value))
     except ValueError:
         return None
+
+
+def resource_of(collection: str, raw_id: str, suffix: str = "") -> str:
+    """An event's resource names the canonical id asked for. A malformed id is caller input of
+    any length and content (a phone number typed into the URL): it is not copied into the log."""
+    return f"{collection}/{canonical_id(raw_id) or MALFORMED_ID}{suffix}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,11 +152,11 @@ async def _authorize(
         raise NotFound("No such customer.")
     if customer.state == "suspended" and ctx.purpose not in PURPOSES_WHILE_SUSPENDED:
         raise denied(ctx, CustomerSuspended, action=action, resource=resource, customer_ids=asked)
-    scopes = scopes_for(justified.groups) if scopes is None else scopes
+    needed = scopes_for(justified.groups) if scopes is None else scopes
     ciphers = runtime.vault.open_customer(
         customer.id,
-        identity=row.identity_key if KeyScope.IDENTITY in scopes else None,
-        profile=row.profile_key if KeyScope.PROFILE in scopes else None,
+        identity=row.identity_key if KeyScope.IDENTITY in needed else None,
+        profile=row.profile_key if KeyScope.PROFILE in needed else None,
     )
     return Access(customer, CustomerReader(customer, ciphers), justified, row.verified_store)
 
@@ -201,7 +209,7 @@ def _event(
 async def disclose_customer(
     uow: UnitOfWork, runtime: Runtime, ctx: AccessContext, customer_id: str
 ) -> CustomerView:
-    resource = f"customers/{customer_id}"
+    resource = resource_of("customers", customer_id)
     access = await _authorize(uow, runtime, ctx, customer_id, action=Action.READ, resource=resource)
     view = await _view(uow, runtime, access, access.justified.groups)
     uow.record(
@@ -217,11 +225,15 @@ async def disclose_customer(
     return view
 
 
-def _blind_indexes(runtime: Runtime, *, phone: str, email: str | None, kana: str, birth: date) -> dict[str, str | None]:
+def _blind_indexes(
+    runtime: Runtime, *, phone: str, email: str | None, kana: str, birth: date
+) -> dict[str, str | None]:
     index = runtime.blind_index
     return {
         "phone_bidx": index.digest(IndexedField.PHONE, phone),
-        "email_bidx": index.digest(IndexedField.EMAIL, normalise_email(email)[1]) if email else None,
+        "email_bidx": index.digest(IndexedField.EMAIL, normalise_email(email)[1])
+        if email
+        else None,
         "kana_birth_bidx": index.digest(
             IndexedField.KANA_BIRTH, kana_birth_term(kana_index_form(kana), birth)
         ),
@@ -251,9 +263,7 @@ async def create_customer(
         )
         if first is not None:
             return await disclose_customer(uow, runtime, ctx, first)
-    document_number = normalise_document_number(
-        body.identity_document.type, body.identity_document.number
-    )
+    document_number = body.identity_document.number  # normalised per type by the schema
     now = utcnow()
     row = await repository.load_for_access(
         uow.session,
@@ -344,7 +354,9 @@ async def create_customer(
     except IntegrityError as exc:
         raise Conflict("The request conflicts with one made at the same time; retry.") from exc
 
-    access = Access(customer, CustomerReader(customer, ciphers), justified, ctx.principal.store_code)
+    access = Access(
+        customer, CustomerReader(customer, ciphers), justified, ctx.principal.store_code
+    )
     view = await _view(uow, runtime, access, justified.groups)
     uow.record(
         _event(
@@ -362,7 +374,7 @@ async def create_customer(
 async def correct_customer(
     uow: UnitOfWork, runtime: Runtime, ctx: AccessContext, customer_id: str, patch: CustomerPatch
 ) -> CustomerView:
-    resource = f"customers/{customer_id}"
+    resource = resource_of("customers", customer_id)
     access = await _authorize(
         uow,
         runtime,
@@ -459,8 +471,11 @@ async def search_customers(
     if role not in SEARCH_ROLES or ctx.purpose not in _search_purposes(role):
         raise denied(ctx, PurposeNotAllowed, action=Action.SEARCH, resource=resource)
     await uow.verify_principal()
-    await runtime.limits.consume(runtime.settings.search_rate_limit, f"search:{ctx.principal.subject}")
+    await runtime.limits.consume(
+        runtime.settings.search_rate_limit, f"search:{ctx.principal.subject}"
+    )
     index = runtime.blind_index
+    column: InstrumentedAttribute[Any]
     if criteria.phone is not None:
         column, digest = Customer.phone_bidx, index.digest(IndexedField.PHONE, criteria.phone)
     elif criteria.email is not None:
@@ -506,7 +521,7 @@ def _contract_view(reader: CustomerReader, contract: Contract) -> ContractView:
         customer_id=contract.customer_id,
         line_number=format_national(reader.contract_field(contract, "line_number")),
         plan=contract.plan,
-        status=contract.status,  # type: ignore[arg-type]
+        status=contract.status,
         started_on=contract.started_on,
         ended_on=contract.ended_on,
         device=DeviceOut(
@@ -526,7 +541,7 @@ CONTRACT_EVENT_GROUPS = frozenset({FieldGroup.CONTRACTS, FieldGroup.DEVICE, Fiel
 async def open_contract(
     uow: UnitOfWork, runtime: Runtime, ctx: AccessContext, customer_id: str, body: ContractCreate
 ) -> ContractView:
-    resource = f"customers/{customer_id}/contracts"
+    resource = resource_of("customers", customer_id, "/contracts")
     access = await _authorize(
         uow,
         runtime,
@@ -571,7 +586,7 @@ async def open_contract(
 async def terminate_contract(
     uow: UnitOfWork, runtime: Runtime, ctx: AccessContext, contract_id: str, body: ContractPatch
 ) -> ContractView:
-    resource = f"contracts/{contract_id}"
+    resource = resource_of("contracts", contract_id)
     cid = canonical_id(contract_id)
     contract = await repository.contract_by_id(uow.session, cid) if cid else None
     access = await _authorize(
