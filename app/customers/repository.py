@@ -3,16 +3,17 @@ with its wrapped keys in one round trip."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, literal, or_, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, exists, false, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from app.auth.repository import principal_is_current
+from app.auth.repository import principal_check_clause, principal_params
 from app.auth.tokens import Principal
 from app.crypto import KeyScope
 from app.models import Contract, Customer, CustomerKey, Store, Visit
@@ -25,26 +26,27 @@ def visit_is_open(now: datetime) -> ColumnElement[bool]:
     )
 
 
-def visit_justifies(
-    visit_id: str | None,
-    *,
-    customer_id: str | None,
-    store_id: str | None,
-    repair_only: bool,
-    now: datetime,
-) -> ColumnElement[bool]:
-    """An open visit, at the caller's store, for this customer (None: for no customer yet)."""
-    if visit_id is None or store_id is None:
-        return false()
-    conditions = [
-        Visit.id == visit_id,
-        Visit.store_id == store_id,
-        visit_is_open(now),
-        Visit.customer_id.is_(None) if customer_id is None else Visit.customer_id == customer_id,
-    ]
-    if repair_only:
-        conditions.append(Visit.type == "repair")
-    return exists().where(*conditions)
+@dataclass(frozen=True, slots=True)
+class VisitCheck:
+    """The visit that must justify an access: open, at the caller's store, for this customer
+    (or, to register a new customer, for none yet), and of type repair where required."""
+
+    visit_id: str
+    store_id: str | None
+    repair_only: bool = False
+    for_new_customer: bool = False
+
+
+@functools.cache
+def _visit_justifies(repair_only: bool, for_new_customer: bool) -> ColumnElement[bool]:
+    return exists().where(
+        Visit.id == bindparam("v_id"),
+        Visit.store_id == bindparam("v_store"),
+        Visit.closed_at.is_(None),
+        or_(Visit.auto_close_at.is_(None), Visit.auto_close_at > bindparam("v_now")),
+        Visit.customer_id.is_(None) if for_new_customer else Visit.customer_id == bindparam("c_id"),
+        *([Visit.type == "repair"] if repair_only else []),
+    )
 
 
 def _wrapped_key(scope: KeyScope) -> ColumnElement[bytes | None]:
@@ -55,6 +57,38 @@ def _wrapped_key(scope: KeyScope) -> ColumnElement[bytes | None]:
     )
 
 
+@functools.cache
+def _access_statement(
+    kind: str, has_store: bool, visit: tuple[bool, bool] | None, with_contracts: bool
+) -> Select[Any]:
+    """Built once per shape: the values travel as bound parameters."""
+
+    one = select(literal(1).label("one")).subquery("one")
+    verified_store = (
+        select(Store.code).where(Store.id == Customer.document_verified_store_id).scalar_subquery()
+    )
+    visit_ok = false() if visit is None else _visit_justifies(*visit)
+    statement = (
+        select(
+            principal_check_clause(kind, has_store).label("principal_ok"),
+            visit_ok.label("visit_ok"),
+            Customer,
+            _wrapped_key(KeyScope.IDENTITY),
+            _wrapped_key(KeyScope.PROFILE),
+            verified_store,
+        )
+        .select_from(one)
+        .outerjoin(Customer, Customer.id == bindparam("c_id"))
+    )
+    if with_contracts:
+        statement = (
+            statement.add_columns(Contract)
+            .outerjoin(Contract, Contract.customer_id == Customer.id)
+            .order_by(Contract.started_on.desc(), Contract.created_at.desc())
+        )
+    return statement
+
+
 @dataclass(frozen=True, slots=True)
 class AccessRow:
     principal_ok: bool
@@ -63,6 +97,7 @@ class AccessRow:
     identity_key: bytes | None
     profile_key: bytes | None
     verified_store: str | None
+    contracts: list[Contract]
 
 
 async def load_for_access(
@@ -70,32 +105,31 @@ async def load_for_access(
     principal: Principal,
     customer_id: str,
     *,
-    visit_check: ColumnElement[bool],
+    visit: VisitCheck | None,
+    now: datetime,
+    with_contracts: bool = False,
 ) -> AccessRow:
-    one = select(literal(1).label("one")).subquery("one")
-    verified_store = (
-        select(Store.code).where(Store.id == Customer.document_verified_store_id).scalar_subquery()
+    """One round trip: is the token still good, does the visit justify the access, and the
+    customer with its wrapped keys (and contracts, when they will be disclosed)."""
+    statement = _access_statement(
+        principal.kind,
+        principal.store_id is not None,
+        None if visit is None else (visit.repair_only, visit.for_new_customer),
+        with_contracts,
     )
-    statement = (
-        select(
-            principal_is_current(principal).label("principal_ok"),
-            visit_check.label("visit_ok"),
-            Customer,
-            _wrapped_key(KeyScope.IDENTITY),
-            _wrapped_key(KeyScope.PROFILE),
-            verified_store,
-        )
-        .select_from(one)
-        .outerjoin(Customer, Customer.id == customer_id)
-    )
-    row = (await session.execute(statement)).one()
+    params = {**principal_params(principal), "c_id": customer_id}
+    if visit is not None:
+        params.update(v_id=visit.visit_id, v_store=visit.store_id, v_now=now)
+    rows = (await session.execute(statement, params)).all()
+    first = rows[0]
     return AccessRow(
-        principal_ok=bool(row[0]),
-        visit_ok=bool(row[1]),
-        customer=row[2],
-        identity_key=row[3],
-        profile_key=row[4],
-        verified_store=row[5],
+        principal_ok=bool(first[0]),
+        visit_ok=bool(first[1]),
+        customer=first[2],
+        identity_key=first[3],
+        profile_key=first[4],
+        verified_store=first[5],
+        contracts=[row[6] for row in rows if row[6] is not None] if with_contracts else [],
     )
 
 

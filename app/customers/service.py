@@ -9,6 +9,7 @@ the unit of work together with any change, before the answer leaves.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -107,6 +108,7 @@ class Access:
     reader: CustomerReader
     justified: Justified
     verified_store: str | None
+    contracts: Sequence[Contract] | None = None  # None: not loaded
 
 
 async def _authorize(
@@ -120,6 +122,7 @@ async def _authorize(
     purposes: frozenset[Purpose] | None = None,
     requires: frozenset[FieldGroup] = frozenset(),
     scopes: frozenset[KeyScope] | None = None,
+    with_contracts: bool = False,
 ) -> Access:
     cid = canonical_id(customer_id)
     asked = (cid,) if cid else ()
@@ -131,21 +134,23 @@ async def _authorize(
         purposes=purposes,
         requires=requires,
     )
-    now = utcnow()
+    visit = (
+        None
+        if justified.visit_id is None
+        else repository.VisitCheck(
+            justified.visit_id, ctx.principal.store_id, repair_only=justified.repair_visit_only
+        )
+    )
     row = await repository.load_for_access(
         uow.session,
         ctx.principal,
         cid or "",
-        visit_check=repository.visit_justifies(
-            justified.visit_id,
-            customer_id=cid or "",
-            store_id=ctx.principal.store_id,
-            repair_only=justified.repair_visit_only,
-            now=now,
-        ),
+        visit=visit,
+        now=utcnow(),
+        with_contracts=with_contracts and bool(justified.groups & CONTRACT_GROUPS),
     )
     uow.principal_verified(row.principal_ok)
-    if justified.visit_id is not None and not row.visit_ok:
+    if visit is not None and not row.visit_ok:
         raise visit_refused(ctx, action=action, resource=resource, customer_ids=asked)
     customer = row.customer
     if customer is None or customer.state == "erased":
@@ -158,16 +163,26 @@ async def _authorize(
         identity=row.identity_key if KeyScope.IDENTITY in needed else None,
         profile=row.profile_key if KeyScope.PROFILE in needed else None,
     )
-    return Access(customer, CustomerReader(customer, ciphers), justified, row.verified_store)
+    return Access(
+        customer,
+        CustomerReader(customer, ciphers),
+        justified,
+        row.verified_store,
+        contracts=row.contracts if with_contracts else None,
+    )
 
 
 async def _view(
     uow: UnitOfWork, runtime: Runtime, access: Access, groups: frozenset[FieldGroup]
 ) -> CustomerView:
     customer_id = access.customer.id
-    contracts = (
-        await repository.contracts_of(uow.session, customer_id) if groups & CONTRACT_GROUPS else ()
-    )
+    contracts = access.contracts
+    if contracts is None:
+        contracts = (
+            await repository.contracts_of(uow.session, customer_id)
+            if groups & CONTRACT_GROUPS
+            else ()
+        )
     visits = await repository.visits_of(uow.session, customer_id) if groups & VISIT_GROUPS else ()
     visit_cipher: FieldCipher | None = None
     if FieldGroup.REPAIRS in groups and any(v.type == "repair" for v, _ in visits):
@@ -210,7 +225,9 @@ async def disclose_customer(
     uow: UnitOfWork, runtime: Runtime, ctx: AccessContext, customer_id: str
 ) -> CustomerView:
     resource = resource_of("customers", customer_id)
-    access = await _authorize(uow, runtime, ctx, customer_id, action=Action.READ, resource=resource)
+    access = await _authorize(
+        uow, runtime, ctx, customer_id, action=Action.READ, resource=resource, with_contracts=True
+    )
     view = await _view(uow, runtime, access, access.justified.groups)
     uow.record(
         _event(
@@ -269,13 +286,10 @@ async def create_customer(
         uow.session,
         ctx.principal,
         "",
-        visit_check=repository.visit_justifies(
-            justified.visit_id,
-            customer_id=None,
-            store_id=ctx.principal.store_id,
-            repair_only=justified.repair_visit_only,
-            now=now,
+        visit=repository.VisitCheck(
+            justified.visit_id, ctx.principal.store_id, for_new_customer=True
         ),
+        now=now,
     )
     uow.principal_verified(row.principal_ok)
     if not row.visit_ok:
@@ -355,7 +369,11 @@ async def create_customer(
         raise Conflict("The request conflicts with one made at the same time; retry.") from exc
 
     access = Access(
-        customer, CustomerReader(customer, ciphers), justified, ctx.principal.store_code
+        customer,
+        CustomerReader(customer, ciphers),
+        justified,
+        ctx.principal.store_code,
+        contracts=(),
     )
     view = await _view(uow, runtime, access, justified.groups)
     uow.record(
@@ -384,6 +402,7 @@ async def correct_customer(
         resource=resource,
         purposes=CORRECTION_PURPOSES,
         scopes=frozenset(KeyScope),
+        with_contracts=True,
     )
     sent = patch.model_fields_set
     if any(PATCH_FIELD_GROUP[name] not in access.justified.groups for name in sent):
@@ -446,7 +465,6 @@ async def correct_customer(
     if changed:
         customer.updated_at = utcnow()
     await uow.session.flush()
-    access = Access(customer, reader, access.justified, access.verified_store)
     view = await _view(uow, runtime, access, access.justified.groups)
     uow.record(
         _event(
