@@ -10,7 +10,7 @@ import uuid
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge
+from app.errors import PayloadTooLarge, Problem
 from app.problems import problem_response
 from app.request_context import request_id_var
 
@@ -58,11 +58,12 @@ class RequestMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
+        responded = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
                 extra = [(b"x-request-id", request_id.encode())]
                 existing = message.get("headers", [])
                 if not any(name.lower() == b"cache-control" for name, _ in existing):
@@ -88,7 +89,14 @@ class RequestMiddleware:
                         raise PayloadTooLarge()
                 return message
 
-            await self.app(scope, limited_receive, send_with_id)
+            try:
+                await self.app(scope, limited_receive, send_with_id)
+            except Exception:
+                # Answer here, where the request id is known; the outer error middleware still
+                # sees (and logs) the exception, but finds the response already sent.
+                if not responded:
+                    await problem_response(Problem(), request_id)(scope, receive, send_with_id)
+                raise
         finally:
             elapsed = time.perf_counter() - started
             route = _route_template(scope)

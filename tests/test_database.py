@@ -147,7 +147,7 @@ def test_sqlite_sync_transactions_begin_immediate(sqlite_url: str) -> None:
 
 
 @pytest.fixture
-def one_chain_per_store(monkeypatch: pytest.MonkeyPatch) -> None:
+def one_chain_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every event of the process on one chain, so that concurrent appends must queue on it
     (and race to create its head row), instead of usually landing on different chains."""
     monkeypatch.setattr(audit_repository, "CHAINS_PER_PROCESS", 1)
@@ -207,7 +207,7 @@ def _login_request(member: cast.Member, n: int) -> dict[str, Any]:
     }
 
 
-@pytest.mark.usefixtures("one_chain_per_store")
+@pytest.mark.usefixtures("one_chain_per_process")
 def test_concurrent_logins(settings: Settings, db: Engine) -> None:
     members = [MEMBERS[n % len(MEMBERS)] for n in range(CONCURRENT_REQUESTS)]
     requests = [_login_request(member, n) for n, member in enumerate(members)]
@@ -231,7 +231,7 @@ def test_concurrent_failed_logins(settings: Settings, db: Engine) -> None:
     assert _check_chains(db, settings) == CONCURRENT_REQUESTS
 
 
-@pytest.mark.usefixtures("one_chain_per_store")
+@pytest.mark.usefixtures("one_chain_per_process")
 def test_concurrent_logouts_on_one_chain(settings: Settings, db: Engine) -> None:
     store_members = [m for m in cast.STAFF if m.store == "S001"]
 

@@ -15,6 +15,7 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from app.audit.events import Action, EventDraft, Outcome
 from app.auth.deps import CurrentPrincipal
@@ -125,6 +126,23 @@ def assert_unavailable(response: Any, slug: str | None = None) -> None:
 
 
 # --- the COMMIT itself fails ------------------------------------------------------------------
+
+_RAW_EVENT = text(
+    "INSERT INTO access_event (id, chain, seq, at, action, resource, fields, outcome,"
+    " review_required, request_id, encoding_version, prev_hash, hash) VALUES"
+    " ('trap-check', 'trap:0', 1, :at, 'read', 'trap', '[]', 'allowed', false, 'r', 1, 'p', 'h')"
+)
+
+
+def test_the_commit_trap_fires_at_commit_not_before(db: Engine, commit_trap: Trap) -> None:
+    # A check of the harness: the insert itself succeeds, only its COMMIT is refused.
+    commit_trap.set()
+    inserted = False
+    with pytest.raises(DBAPIError), db.begin() as connection:
+        connection.execute(_RAW_EVENT, {"at": utcnow()})
+        inserted = True
+    assert inserted
+    assert _count(db, "access_event") == 0
 
 
 def test_login_whose_commit_fails_gets_503_and_no_token(

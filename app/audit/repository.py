@@ -9,13 +9,14 @@ is retired, because nobody can tell whether its last event landed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -81,6 +82,42 @@ def _rows(
     return rows, links, seq, prev_hash
 
 
+def _bound_values(model: type[Any], prefix: str) -> dict[str, Any]:
+    return {
+        column.name: bindparam(f"{prefix}{column.name}", type_=column.type)
+        for column in model.__table__.columns
+    }
+
+
+def _head_upsert(dialect_insert: Any) -> Any:
+    upsert = dialect_insert(AuditChain).values(
+        chain=bindparam("h_chain"), seq=bindparam("h_seq"), head_hash=bindparam("h_hash")
+    )
+    return upsert.on_conflict_do_update(
+        index_elements=[AuditChain.chain],
+        set_={"seq": upsert.excluded.seq, "head_hash": upsert.excluded.head_hash},
+    )
+
+
+@functools.cache
+def _postgres_append(events: int, links: int) -> Any:
+    """One statement, built once per shape: the events, their customer links and the chain head
+    in one round trip. (One single-row INSERT per row: a multi-row VALUES is not cacheable.)"""
+    inserts = [
+        insert(AccessEvent).values(_bound_values(AccessEvent, f"e{i}_")).cte(f"event_{i}")
+        for i in range(events)
+    ] + [
+        insert(AccessEventCustomer)
+        .values(_bound_values(AccessEventCustomer, f"l{i}_"))
+        .cte(f"link_{i}")
+        for i in range(links)
+    ]
+    return _head_upsert(postgresql.insert).add_cte(*inserts)
+
+
+_SQLITE_HEAD = _head_upsert(sqlite.insert)
+
+
 async def _write(
     session: AsyncSession,
     chain: str,
@@ -90,29 +127,19 @@ async def _write(
     head: str,
 ) -> None:
     connection = await session.connection()
+    head_params = {"h_chain": chain, "h_seq": seq, "h_hash": head}
     if connection.dialect.name == "postgresql":
-        # One round trip: the events, their customer links and the chain head together.
-        head_upsert = postgresql.insert(AuditChain).values(chain=chain, seq=seq, head_hash=head)
-        statement = head_upsert.on_conflict_do_update(
-            index_elements=[AuditChain.chain],
-            set_={"seq": head_upsert.excluded.seq, "head_hash": head_upsert.excluded.head_hash},
-        ).add_cte(insert(AccessEvent).values(rows).cte("appended_events"))
-        if links:
-            statement = statement.add_cte(
-                insert(AccessEventCustomer).values(links).cte("appended_links")
-            )
-        await connection.execute(statement)
+        params = dict(head_params)
+        for i, row in enumerate(rows):
+            params.update({f"e{i}_{name}": value for name, value in row.items()})
+        for i, link in enumerate(links):
+            params.update({f"l{i}_{name}": value for name, value in link.items()})
+        await connection.execute(_postgres_append(len(rows), len(links)), params)
         return
     await connection.execute(insert(AccessEvent), rows)
     if links:
         await connection.execute(insert(AccessEventCustomer), links)
-    upsert = sqlite.insert(AuditChain).values(chain=chain, seq=seq, head_hash=head)
-    await connection.execute(
-        upsert.on_conflict_do_update(
-            index_elements=[AuditChain.chain],
-            set_={"seq": upsert.excluded.seq, "head_hash": upsert.excluded.head_hash},
-        )
-    )
+    await connection.execute(_SQLITE_HEAD, head_params)
 
 
 class AuditLog:

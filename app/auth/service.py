@@ -103,7 +103,12 @@ async def login_client(
     await runtime.limits.ensure_room(limit, *keys)
     client = await repository.client_by_name(uow.session, client_id)
     secret_ok = verify_client_secret(client.secret_hash if client else None, client_secret)
-    if client is None or not secret_ok or not client.active or Role(client.role) not in CLIENT_ROLES:
+    if (
+        client is None
+        or not secret_ok
+        or not client.active
+        or Role(client.role) not in CLIENT_ROLES
+    ):
         await runtime.limits.hit(limit, *keys)
         actor = Actor(
             name=client.name if client else None,
@@ -125,7 +130,7 @@ async def login_client(
 
 
 def client_address(peer: str | None, forwarded_for: str | None, runtime: Runtime) -> str:
-    """The caller's address: the peer's, or from X-Forwarded-For when the peer is a trusted proxy."""
+    """The caller's address: the peer's, or X-Forwarded-For's when the peer is a trusted proxy."""
     trusted = runtime.settings.trusted_proxy_networks
 
     def is_trusted(address: str) -> bool:
@@ -205,4 +210,3 @@ def check_password_policy(password: str, login: str) -> None:
         raise ValidationFailed("Passwords need at least 12 characters.")
     if login.casefold() in password.casefold():
         raise ValidationFailed("A password may not contain the login.")
-

@@ -35,9 +35,7 @@ PersonName = Annotated[
 ]
 Kana = Annotated[str, StringConstraints(max_length=100), AfterValidator(normalise_kana)]
 Phone = Annotated[str, StringConstraints(max_length=32), AfterValidator(normalise_phone)]
-PostalCode = Annotated[
-    str, StringConstraints(max_length=16), AfterValidator(normalise_postal_code)
-]
+PostalCode = Annotated[str, StringConstraints(max_length=16), AfterValidator(normalise_postal_code)]
 BirthDate = Annotated[date, AfterValidator(_past_date)]
 Address = Annotated[
     str,

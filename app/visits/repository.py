@@ -9,16 +9,23 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Customer, ServiceKey, Store, Visit
 from app.customers.repository import visit_is_open
+from app.models import Customer, ServiceKey, Store, Visit
 
 
-async def in_store(session: AsyncSession, visit_id: str, store_id: str) -> tuple[Visit, str] | None:
+async def in_store(
+    session: AsyncSession, visit_id: str, store_id: str, *, lock: bool = False
+) -> tuple[Visit, str] | None:
+    """The visit, if it is at this store. ``lock`` holds its row until commit (PostgreSQL; SQLite
+    has one writer anyway), so concurrent changes see each other's result: attach once, forward
+    only."""
     statement = (
         select(Visit, Store.code)
         .join(Store, Store.id == Visit.store_id)
         .where(Visit.id == visit_id, Visit.store_id == store_id)
     )
+    if lock:
+        statement = statement.with_for_update(of=Visit)
     row = (await session.execute(statement)).one_or_none()
     return (row[0], row[1]) if row else None
 
@@ -55,7 +62,9 @@ async def open_in_store(
     if before is not None:
         opened_at, visit_id = before
         statement = statement.where(
-            or_(Visit.opened_at < opened_at, and_(Visit.opened_at == opened_at, Visit.id < visit_id))
+            or_(
+                Visit.opened_at < opened_at, and_(Visit.opened_at == opened_at, Visit.id < visit_id)
+            )
         )
     return [(v, code) for v, code in (await session.execute(statement)).all()]
 

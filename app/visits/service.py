@@ -4,8 +4,8 @@ caller's store, and attaching a customer to one is itself an access event."""
 from __future__ import annotations
 
 import base64
-import logging
 import binascii
+import logging
 import uuid
 from datetime import datetime
 
@@ -69,13 +69,13 @@ async def ensure_service_keys(runtime: Runtime) -> None:
         log.warning("service keys not ensured at start-up", extra={"event": "startup"})
 
 
-def _require_store_staff(principal: Principal, resource: str) -> str:
+def _require_store_staff(principal: Principal, resource: str, action: Action) -> str:
     if principal.role not in STORE_ROLES or principal.store_id is None:
         raise Forbidden(
             "Only store staff work with visits.",
             audit_event=EventDraft(
                 actor=principal.actor,
-                action=Action.READ,
+                action=action,
                 resource=resource,
                 outcome=Outcome.DENIED,
                 denial=Forbidden.slug,
@@ -146,7 +146,7 @@ async def open_visit(
     *,
     idempotency_key: str | None,
 ) -> VisitView:
-    store_id = _require_store_staff(principal, "visits")
+    store_id = _require_store_staff(principal, "visits", Action.CREATE)
     await uow.verify_principal()
     print_ = idempotency.fingerprint(runtime.chain_key, "visits", body.model_dump(mode="json"))
     if idempotency_key is not None:
@@ -199,11 +199,14 @@ async def open_visit(
     return _view(visit, principal.store_code or "", cipher, now)
 
 
-async def _load(uow: UnitOfWork, principal: Principal, visit_id: str) -> tuple[Visit, str]:
-    store_id = _require_store_staff(principal, f"visits/{visit_id}")
+async def _load(
+    uow: UnitOfWork, principal: Principal, visit_id: str, *, action: Action
+) -> tuple[Visit, str]:
+    store_id = _require_store_staff(principal, f"visits/{visit_id}", action)
     await uow.verify_principal()
     vid = _canonical(visit_id)
-    found = await repository.in_store(uow.session, vid, store_id) if vid else None
+    lock = action is not Action.READ
+    found = await repository.in_store(uow.session, vid, store_id, lock=lock) if vid else None
     if found is None:
         raise NotFound("No such visit at your store.")
     return found
@@ -212,14 +215,14 @@ async def _load(uow: UnitOfWork, principal: Principal, visit_id: str) -> tuple[V
 async def get_visit(
     uow: UnitOfWork, runtime: Runtime, principal: Principal, visit_id: str
 ) -> VisitView:
-    visit, code = await _load(uow, principal, visit_id)
+    visit, code = await _load(uow, principal, visit_id, action=Action.READ)
     return _view(visit, code, await notes_cipher(uow, runtime), utcnow())
 
 
 async def list_open_visits(
     uow: UnitOfWork, runtime: Runtime, principal: Principal, *, limit: int, cursor: str | None
 ) -> VisitList:
-    store_id = _require_store_staff(principal, "visits")
+    store_id = _require_store_staff(principal, "visits", Action.READ)
     await uow.verify_principal()
     now = utcnow()
     await repository.close_expired(uow.session, store_id, now)
@@ -243,7 +246,10 @@ def _decode_cursor(cursor: str | None) -> tuple[datetime, str] | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         opened_at, visit_id = raw.split("|", 1)
-        return datetime.fromisoformat(opened_at), str(uuid.UUID(visit_id))
+        when = datetime.fromisoformat(opened_at)
+        if when.tzinfo is None:  # the database layer refuses naive times (a 503, not a 422)
+            raise ValueError("naive cursor time")
+        return when, str(uuid.UUID(visit_id))
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ValidationFailed("The cursor is not valid.") from None
 
@@ -251,7 +257,7 @@ def _decode_cursor(cursor: str | None) -> tuple[datetime, str] | None:
 async def update_visit(
     uow: UnitOfWork, runtime: Runtime, principal: Principal, visit_id: str, patch: VisitPatch
 ) -> VisitView:
-    visit, code = await _load(uow, principal, visit_id)
+    visit, code = await _load(uow, principal, visit_id, action=Action.UPDATE)
     now = utcnow()
     cipher = await notes_cipher(uow, runtime)
     if effective_closed_at(visit, now) is not None:
@@ -285,7 +291,7 @@ async def update_visit(
 async def close_visit(
     uow: UnitOfWork, runtime: Runtime, principal: Principal, visit_id: str
 ) -> VisitView:
-    visit, code = await _load(uow, principal, visit_id)
+    visit, code = await _load(uow, principal, visit_id, action=Action.UPDATE)
     now = utcnow()
     if effective_closed_at(visit, now) is not None:
         raise Conflict("The visit is already closed.")
