@@ -50,9 +50,14 @@ def problem_response(problem: Problem, request_id: str | None = None) -> Problem
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
-    # Location and kind of each error, never the offending value (it may be personal data).
+    # Location, kind and message of each error, never the offending value (it may be personal
+    # data). Our validators' messages are fixed sentences; pydantic's own name the rule broken.
     return [
-        {"loc": list(error.get("loc", ())), "type": error.get("type", "invalid")}
+        {
+            "loc": list(error.get("loc", ())),
+            "type": error.get("type", "invalid"),
+            "msg": error.get("msg", ""),
+        }
         for error in exc.errors()
     ]
 
@@ -127,6 +132,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
                 "properties": {
                     "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
                     "type": {"type": "string"},
+                    "msg": {"type": "string"},
                 },
             },
         },

@@ -245,7 +245,9 @@ def test_password_grant_does_not_log_in_a_client(client: TestClient) -> None:
 # --- throttling -----------------------------------------------------------------------------
 
 
-def test_failures_are_throttled_per_login(app_client: Callable[..., TestClient]) -> None:
+def test_failures_are_throttled_per_login(
+    app_client: Callable[..., TestClient], db: Engine
+) -> None:
     # Behind a trusted proxy each attempt comes from another address: only the login's own
     # counter can stop the fourth.
     client = app_client("10.0.0.1", login_rate_limit="3/5minutes", trusted_proxies="10.0.0.0/8")
@@ -266,6 +268,20 @@ def test_failures_are_throttled_per_login(app_client: Callable[..., TestClient])
     assert right.json()["type"] == "/problems/rate-limited"
     assert 1 <= int(right.headers["retry-after"]) <= 300
     assert "access_token" not in right.text
+    # The throttled attempt is a denied attempt, and recorded as one.
+    with db.connect() as connection:
+        denials = (
+            connection.execute(
+                text(
+                    "SELECT denial FROM access_event WHERE action = 'login' AND outcome = 'denied' "
+                    "AND request_id = :rid"
+                ),
+                {"rid": right.headers["x-request-id"]},
+            )
+            .scalars()
+            .all()
+        )
+    assert denials == ["rate-limited"]
     # Another member from the same addresses is not affected.
     other = client.post(
         "/auth/token",

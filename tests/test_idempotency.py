@@ -111,6 +111,19 @@ def test_the_same_key_with_another_body_is_a_mismatch(
     assert _creates(db) == 1
 
 
+def test_the_same_key_and_body_in_another_visit_is_a_mismatch(
+    client: TestClient, as_member: AsMember, db: Engine
+) -> None:
+    sales = as_member(cast.SALES)
+    body = customer_body(seed=5)
+    first = _register(client, sales, open_visit(client, sales), body, "terminal-3.customer-43")
+    assert first.status_code == 201, first.text
+    again = _register(client, sales, open_visit(client, sales), body, "terminal-3.customer-43")
+    assert again.status_code == 409, again.text
+    assert again.json()["type"].endswith("/problems/idempotency-mismatch")
+    assert _count(db, Customer) == 1
+
+
 def test_a_malformed_key_is_400_and_registers_nobody(
     client: TestClient, as_member: AsMember, db: Engine
 ) -> None:

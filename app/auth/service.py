@@ -15,7 +15,7 @@ from app.auth.passwords import (
 )
 from app.auth.schemas import Me, PasswordChange, TokenResponse
 from app.auth.tokens import Principal
-from app.errors import BadHeader, Forbidden, InvalidCredentials, ValidationFailed
+from app.errors import BadHeader, Forbidden, InvalidCredentials, RateLimited, ValidationFailed
 from app.models import Staff
 from app.roles import CLIENT_ROLES, STAFF_ROLES, Role
 from app.runtime import Runtime
@@ -54,6 +54,21 @@ def _failed_login(actor: Actor) -> InvalidCredentials:
     )
 
 
+async def _ensure_login_room(runtime: Runtime, keys: tuple[str, str], terminal: str | None) -> None:
+    """Refuse a login whose name or address has failed too often; the refusal is recorded."""
+    try:
+        await runtime.limits.ensure_room(runtime.settings.login_rate_limit, *keys)
+    except RateLimited as refused:
+        refused.audit_event = EventDraft(
+            actor=Actor(name=None, id=None, role=None, store=None, terminal=terminal),
+            action=Action.LOGIN,
+            resource="auth/token",
+            outcome=Outcome.DENIED,
+            denial=RateLimited.slug,
+        )
+        raise
+
+
 def _limit_keys(login: str, client_address: str) -> tuple[str, str]:
     return f"login:name:{login.casefold()}", f"login:addr:{client_address}"
 
@@ -69,7 +84,7 @@ async def login_staff(
 ) -> TokenResponse:
     limit = runtime.settings.login_rate_limit
     keys = _limit_keys(login, client_address)
-    await runtime.limits.ensure_room(limit, *keys)
+    await _ensure_login_room(runtime, keys, terminal)
     staff = await repository.staff_by_login(uow.session, login)
     password_ok = await verify_password(staff.password_hash if staff else None, password)
     if staff is None or not password_ok or not staff.active or Role(staff.role) not in STAFF_ROLES:
@@ -100,7 +115,7 @@ async def login_client(
 ) -> TokenResponse:
     limit = runtime.settings.login_rate_limit
     keys = _limit_keys(client_id, client_address)
-    await runtime.limits.ensure_room(limit, *keys)
+    await _ensure_login_room(runtime, keys, None)
     client = await repository.client_by_name(uow.session, client_id)
     secret_ok = verify_client_secret(client.secret_hash if client else None, client_secret)
     if (

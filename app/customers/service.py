@@ -273,7 +273,11 @@ async def create_customer(
     if justified.visit_id is None:
         raise denied(ctx, VisitRequired, action=Action.CREATE, resource=resource)
     caller = ctx.principal.subject
-    print_ = idempotency.fingerprint(runtime.chain_key, "customers", body.model_dump(mode="json"))
+    print_ = idempotency.fingerprint(
+        runtime.chain_key,
+        "customers",
+        {"body": body.model_dump(mode="json"), "visit": justified.visit_id},
+    )
     if idempotency_key is not None:
         first = await idempotency.replayed_resource(
             uow.session, caller_id=caller, key=idempotency_key, route="customers", print_=print_
