@@ -35,6 +35,7 @@ from app.request_context import request_id_var
 
 if TYPE_CHECKING:
     from app.demo import DemoAccounts
+    from app.runtime import Runtime
     from app.uow import UnitOfWork
 
 EXIT_REFUSED = 1
@@ -101,7 +102,9 @@ def _configure_logging(settings: Settings) -> None:
 # --- running work in a unit of work -------------------------------------------------------------
 
 
-def in_unit_of_work(settings: Settings, work: Callable[[UnitOfWork], Awaitable[Result]]) -> Result:
+def in_unit_of_work(
+    settings: Settings, work: Callable[[UnitOfWork, Runtime], Awaitable[Result]]
+) -> Result:
     """Run ``work`` in one unit of work on the request engine; commit data and events together."""
     from app.runtime import Runtime
     from app.uow import UnitOfWork
@@ -114,7 +117,7 @@ def in_unit_of_work(settings: Settings, work: Callable[[UnitOfWork], Awaitable[R
             async with runtime.sessions() as session:
                 uow = UnitOfWork(session, runtime.audit_log)
                 try:
-                    result = await work(uow)
+                    result = await work(uow, runtime)
                     await uow.commit()
                 except BaseException:
                     await uow.rollback()
@@ -202,7 +205,7 @@ def create_admin_command(args: argparse.Namespace, settings: Settings) -> int:
     except ValidationFailed as exc:
         raise CommandRefused(exc.detail) from exc
     display_name: str = args.display_name or login
-    in_unit_of_work(settings, lambda uow: _add_admin(uow, login, display_name, password))
+    in_unit_of_work(settings, lambda uow, _: _add_admin(uow, login, display_name, password))
     print(f"shopvault: admin {login} created.")
     return 0
 
@@ -243,16 +246,19 @@ def _print_accounts(accounts: DemoAccounts) -> None:
     print(f"  {'client_id':<10} {'role':<15} client_secret")
     for client in accounts.clients:
         print(f"  {client.client_id:<10} {client.role.value:<15} {client.client_secret}")
+    print("Synthetic customers (search them by phone, e.g. from sales1's POS):")
+    for customer in accounts.customers:
+        print(f"  {customer.store:<6} {customer.phone:<14} {customer.display_name}")
 
 
 def demo_command(args: argparse.Namespace, settings: Settings) -> int:
     from app.demo import database_is_new, seed_demo
 
-    async def work(uow: UnitOfWork) -> DemoAccounts | None:
+    async def work(uow: UnitOfWork, runtime: Runtime) -> DemoAccounts | None:
         if args.if_new and not await database_is_new(uow.session):
             return None
         try:
-            return await seed_demo(uow, CLI_ACTOR)
+            return await seed_demo(uow, runtime, CLI_ACTOR)
         except IntegrityError as exc:
             raise CommandRefused(
                 "demo stores, logins or clients already exist; nothing was added"
@@ -289,7 +295,7 @@ def keys_rotate_command(args: argparse.Namespace, settings: Settings) -> int:
     if not from_environment:
         stage_next_key(settings.data_dir, encode_key(new_key))
 
-    async def work(uow: UnitOfWork) -> int:
+    async def work(uow: UnitOfWork, _runtime: Runtime) -> int:
         result = await rewrap_all(uow.session, current, new_key)
         uow.record(EventDraft(actor=CLI_ACTOR, action=Action.ADMIN, resource="keys/master"))
         return result.customer_keys + result.service_keys

@@ -11,20 +11,29 @@ customers and their visits) to ``seed_demo``'s list, after the stores and staff 
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
+from faker import Faker
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.events import Action, Actor, EventDraft
 from app.auth.passwords import hash_client_secret, hash_password_async, new_client_secret
-from app.models import Staff, Store, SystemClient
+from app.customers.schemas import CustomerCreate
+from app.customers.service import add_customer
+from app.models import Staff, Store, SystemClient, Visit
 from app.models.base import new_id, utcnow
 from app.roles import Role
+from app.runtime import Runtime
 from app.uow import UnitOfWork
+from app.validation.names import display_name
+from app.validation.phone import format_national
 
 # One password for every demo staff account: the point of demo data is to be logged in with.
 DEMO_PASSWORD = "shopvault-demo"  # noqa: S105 (demo data, printed on purpose)
+DEMO_SEED = 2026
+CUSTOMERS_PER_STORE = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +89,22 @@ class ClientAccount:
     client_secret: str
 
 
+@dataclass(frozen=True, slots=True)
+class CustomerEntry:
+    store: str
+    phone: str
+    display_name: str
+
+
 @dataclass
 class DemoAccounts:
-    """What the demo created: the stores (for later steps) and the credentials to print."""
+    """What the demo created: the stores and staff (for later steps) and what to print."""
 
     stores: dict[str, Store] = field(default_factory=dict)
     staff: list[StaffAccount] = field(default_factory=list)
+    staff_ids: dict[str, str] = field(default_factory=dict)
     clients: list[ClientAccount] = field(default_factory=list)
+    customers: list[CustomerEntry] = field(default_factory=list)
 
 
 async def database_is_new(session: AsyncSession) -> bool:
@@ -132,6 +150,7 @@ async def _add_staff(uow: UnitOfWork, actor: Actor, accounts: DemoAccounts) -> N
             updated_at=now,
         )
         uow.session.add(staff)
+        accounts.staff_ids[demo.login] = staff.id
         accounts.staff.append(StaffAccount(demo.login, demo.role, demo.store, DEMO_PASSWORD))
         _record(uow, actor, f"staff/{staff.id}")
 
@@ -155,12 +174,73 @@ async def _add_clients(uow: UnitOfWork, actor: Actor, accounts: DemoAccounts) ->
         _record(uow, actor, f"clients/{client.id}")
 
 
-async def seed_demo(uow: UnitOfWork, actor: Actor) -> DemoAccounts:
+def _demo_customer(faker: Faker, rng: random.Random) -> CustomerCreate:
+    """A plausible, entirely synthetic customer."""
+    return CustomerCreate.model_validate(
+        {
+            "name": f"{faker.last_name()} {faker.first_name()}",
+            "name_kana": f"{faker.last_kana_name()} {faker.first_kana_name()}",
+            "date_of_birth": faker.date_of_birth(minimum_age=18, maximum_age=85).isoformat(),
+            "postal_code": faker.zipcode(),
+            "address": faker.address().replace("\n", " "),
+            "phone": f"090-{rng.randint(1000, 9999)}-{rng.randint(1000, 9999)}",
+            "email": f"demo{rng.randint(1000, 9999)}@example.jp",
+            "identity_document": {
+                "type": "drivers_license",
+                "number": "".join(str(rng.randint(0, 9)) for _ in range(12)),
+            },
+            "consents": {"marketing_email": rng.random() < 0.5, "marketing_sms": False},
+        }
+    )
+
+
+async def _add_customers(
+    uow: UnitOfWork, runtime: Runtime, actor: Actor, accounts: DemoAccounts
+) -> None:
+    """Customers registered at each store, each in a (closed) visit of that store's sales."""
+    faker = Faker("ja_JP")
+    faker.seed_instance(DEMO_SEED)
+    rng = random.Random(DEMO_SEED)  # noqa: S311 - reproducible synthetic data, no secret
+    await uow.session.flush()
+    for code, store in accounts.stores.items():
+        sales = next(m.login for m in DEMO_STAFF if m.store == code and m.role is Role.SALES)
+        for _ in range(CUSTOMERS_PER_STORE):
+            body = _demo_customer(faker, rng)
+            now = utcnow()
+            visit = Visit(
+                id=new_id(),
+                store_id=store.id,
+                type="new_contract",
+                opened_by=accounts.staff_ids[sales],
+                opened_at=now,
+                closed_at=now,
+            )
+            uow.session.add(visit)
+            await uow.session.flush()
+            customer, _ = await add_customer(
+                uow, runtime, body, store_id=store.id, visit_id=visit.id, recorded_by=sales, now=now
+            )
+            visit.customer_id = customer.id
+            uow.record(
+                EventDraft(
+                    actor=actor,
+                    action=Action.CREATE,
+                    resource=f"customers/{customer.id}",
+                    customer_ids=(customer.id,),
+                )
+            )
+            accounts.customers.append(
+                CustomerEntry(code, format_national(body.phone), display_name(body.name))
+            )
+
+
+async def seed_demo(uow: UnitOfWork, runtime: Runtime, actor: Actor) -> DemoAccounts:
     """Add the demo records to the unit of work (the caller commits). Raises ``IntegrityError``
     (on flush) if a store code, login or client name is already taken."""
     accounts = DemoAccounts()
     steps = (_add_stores, _add_staff, _add_clients)
     for step in steps:
         await step(uow, actor, accounts)
+    await _add_customers(uow, runtime, actor, accounts)
     await uow.session.flush()
     return accounts

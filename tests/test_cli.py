@@ -24,7 +24,7 @@ from app.config import Settings
 from app.db import create_sync_engine
 from app.keys import KEY_NAMES, encode_key, key_path
 from app.main import create_app
-from app.models import AccessEvent, Staff, Store, SystemClient
+from app.models import AccessEvent, Customer, Staff, Store, SystemClient
 from tests import databases
 
 SHOPVAULT = Path(sys.executable).parent / "shopvault"
@@ -265,7 +265,10 @@ STAFF_LINE = re.compile(
 CLIENT_LINE = re.compile(
     r"^\s+(?P<client>\S+)\s+(?P<role>billing_system|fraud_system)\s+(?P<secret>\S+)$"
 )
-DEMO_TABLES = (Store, Staff, SystemClient, AccessEvent)
+CUSTOMER_LINE = re.compile(
+    r"^\s+(?P<store>S\d{3})\s+(?P<phone>0\d0-\d{4}-\d{4})\s+(?P<display>\S+ \*\*)$"
+)
+DEMO_TABLES = (Store, Staff, SystemClient, Customer, AccessEvent)
 
 
 def counts(cli: Cli) -> dict[type, int]:
@@ -278,6 +281,8 @@ def test_demo_prints_working_credentials_and_if_new_adds_them_once(migrated: Cli
     lines = first.stdout.splitlines()
     staff = [m.groupdict() for line in lines if (m := STAFF_LINE.match(line))]
     clients = [m.groupdict() for line in lines if (m := CLIENT_LINE.match(line))]
+    customers = [m.groupdict() for line in lines if (m := CUSTOMER_LINE.match(line))]
+    assert {c["store"] for c in customers} == {"S001", "S002"}
     assert {(m["role"], m["store"]) for m in staff} == {
         ("admin", "-"),
         ("auditor", "-"),
@@ -295,7 +300,8 @@ def test_demo_prints_working_credentials_and_if_new_adds_them_once(migrated: Cli
         Store: 2,
         Staff: len(staff),
         SystemClient: len(clients),
-        AccessEvent: 2 + len(staff) + len(clients),
+        Customer: len(customers),
+        AccessEvent: 2 + len(staff) + len(clients) + len(customers),
     }
     engine = create_sync_engine(migrated.database_url)
     with engine.connect() as connection:
@@ -333,6 +339,18 @@ def test_demo_prints_working_credentials_and_if_new_adds_them_once(migrated: Cli
                 },
             )
             assert response.status_code == 200, response.text
+        # The printed customers are found by their phone numbers, masked as printed.
+        sales = next(m for m in staff if m["role"] == "sales" and m["store"] == "S001")
+        headers = {
+            **token_for(client, sales["login"], sales["password"]),
+            "X-Access-Purpose": "contract",
+        }
+        for customer in customers:
+            found = client.post(
+                "/customers/search", json={"phone": customer["phone"]}, headers=headers
+            )
+            assert found.status_code == 200, found.text
+            assert [i["display_name"] for i in found.json()["items"]] == [customer["display"]]
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

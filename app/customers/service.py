@@ -59,6 +59,7 @@ from app.validation.email import normalise_email
 from app.validation.kana import kana_index_form
 from app.validation.names import display_name
 from app.validation.phone import format_national
+from app.vault import CustomerCiphers
 from app.visits import service as visits_service
 
 TOKYO = ZoneInfo("Asia/Tokyo")
@@ -257,50 +258,22 @@ def _blind_indexes(
     }
 
 
-async def create_customer(
+async def add_customer(
     uow: UnitOfWork,
     runtime: Runtime,
-    ctx: AccessContext,
     body: CustomerCreate,
     *,
-    idempotency_key: str | None,
-) -> CustomerView:
-    """Register a customer within an open visit at the caller's store, attaching it to the visit."""
-    resource = "customers"
-    justified = permit(
-        ctx, action=Action.CREATE, resource=resource, purposes=frozenset({Purpose.CONTRACT})
-    )
-    if justified.visit_id is None:
-        raise denied(ctx, VisitRequired, action=Action.CREATE, resource=resource)
-    caller = ctx.principal.subject
-    print_ = idempotency.fingerprint(
-        runtime.chain_key,
-        "customers",
-        {"body": body.model_dump(mode="json"), "visit": justified.visit_id},
-    )
-    if idempotency_key is not None:
-        first = await idempotency.replayed_resource(
-            uow.session, caller_id=caller, key=idempotency_key, route="customers", print_=print_
-        )
-        if first is not None:
-            return await disclose_customer(uow, runtime, ctx, first)
-    document_number = body.identity_document.number  # normalised per type by the schema
-    now = utcnow()
-    row = await repository.load_for_access(
-        uow.session,
-        ctx.principal,
-        "",
-        visit=repository.VisitCheck(
-            justified.visit_id, ctx.principal.store_id, for_new_customer=True
-        ),
-        now=now,
-    )
-    uow.principal_verified(row.principal_ok)
-    if not row.visit_ok:
-        raise visit_refused(ctx, action=Action.CREATE, resource=resource, customer_ids=())
+    store_id: str | None,
+    visit_id: str,
+    recorded_by: str,
+    now: datetime,
+) -> tuple[Customer, CustomerCiphers]:
+    """The customer's rows: encrypted fields, blind indexes, data keys and consent history.
 
+    No access rule is checked here: the caller has (or is the demo)."""
     customer_id = new_id()
     ciphers, key_rows = runtime.vault.new_customer_keys(customer_id)
+    document_number = body.identity_document.number  # normalised per type by the schema
 
     def seal(column: str, value: str) -> bytes:
         return seal_customer_field(ciphers, customer_id, column, value)
@@ -308,7 +281,7 @@ async def create_customer(
     customer = Customer(
         id=customer_id,
         state="active",
-        created_store_id=ctx.principal.store_id,
+        created_store_id=store_id,
         name_enc=seal("name", body.name),
         name_kana_enc=seal("name_kana", body.name_kana),
         date_of_birth_enc=seal("date_of_birth", body.date_of_birth.isoformat()),
@@ -317,7 +290,7 @@ async def create_customer(
         document_type=body.identity_document.type.value,
         document_number_enc=seal("document_number", document_number) if document_number else None,
         document_verified_at=now,
-        document_verified_store_id=ctx.principal.store_id,
+        document_verified_store_id=store_id,
         phone_enc=seal("phone", body.phone),
         email_enc=seal("email", body.email) if body.email else None,
         marketing_email=body.consents.marketing_email,
@@ -345,12 +318,66 @@ async def create_customer(
                 channel=channel,
                 granted=granted,
                 at=now,
-                store_id=ctx.principal.store_id,
-                visit_id=justified.visit_id,
+                store_id=store_id,
+                visit_id=visit_id,
                 method="in_store_registration",
-                recorded_by=ctx.principal.login,
+                recorded_by=recorded_by,
             )
         )
+    return customer, ciphers
+
+
+async def create_customer(
+    uow: UnitOfWork,
+    runtime: Runtime,
+    ctx: AccessContext,
+    body: CustomerCreate,
+    *,
+    idempotency_key: str | None,
+) -> CustomerView:
+    """Register a customer within an open visit at the caller's store, attaching it to the visit."""
+    resource = "customers"
+    justified = permit(
+        ctx, action=Action.CREATE, resource=resource, purposes=frozenset({Purpose.CONTRACT})
+    )
+    if justified.visit_id is None:
+        raise denied(ctx, VisitRequired, action=Action.CREATE, resource=resource)
+    caller = ctx.principal.subject
+    print_ = idempotency.fingerprint(
+        runtime.chain_key,
+        "customers",
+        {"body": body.model_dump(mode="json"), "visit": justified.visit_id},
+    )
+    if idempotency_key is not None:
+        first = await idempotency.replayed_resource(
+            uow.session, caller_id=caller, key=idempotency_key, route="customers", print_=print_
+        )
+        if first is not None:
+            return await disclose_customer(uow, runtime, ctx, first)
+    now = utcnow()
+    row = await repository.load_for_access(
+        uow.session,
+        ctx.principal,
+        "",
+        visit=repository.VisitCheck(
+            justified.visit_id, ctx.principal.store_id, for_new_customer=True
+        ),
+        now=now,
+    )
+    uow.principal_verified(row.principal_ok)
+    if not row.visit_ok:
+        raise visit_refused(ctx, action=Action.CREATE, resource=resource, customer_ids=())
+
+    customer, ciphers = await add_customer(
+        uow,
+        runtime,
+        body,
+        store_id=ctx.principal.store_id,
+        visit_id=justified.visit_id,
+        recorded_by=ctx.principal.login,
+        now=now,
+    )
+    customer_id = customer.id
     attached = await uow.session.execute(
         update(Visit)
         .where(Visit.id == justified.visit_id, Visit.customer_id.is_(None))
