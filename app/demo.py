@@ -176,10 +176,11 @@ async def _add_clients(uow: UnitOfWork, actor: Actor, accounts: DemoAccounts) ->
 
 def _demo_customer(faker: Faker, rng: random.Random) -> CustomerCreate:
     """A plausible, entirely synthetic customer."""
+    family, given = faker.last_name_pair(), faker.first_name_pair()
     return CustomerCreate.model_validate(
         {
-            "name": f"{faker.last_name()} {faker.first_name()}",
-            "name_kana": f"{faker.last_kana_name()} {faker.first_kana_name()}",
+            "name": f"{family[0]} {given[0]}",
+            "name_kana": f"{family[1]} {given[1]}",
             "date_of_birth": faker.date_of_birth(minimum_age=18, maximum_age=85).isoformat(),
             "postal_code": faker.zipcode(),
             "address": faker.address().replace("\n", " "),

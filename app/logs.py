@@ -59,5 +59,6 @@ def configure_logging(level: str = "INFO") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     # Our middleware writes the access log (with route templates, not raw paths).
     logging.getLogger("uvicorn.access").disabled = True

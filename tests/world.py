@@ -26,8 +26,11 @@ def customer_body(seed: int | None = None, **overrides: Any) -> dict[str, Any]:
     """A plausible, entirely synthetic customer registration body."""
     rng = random.Random(seed)
     _faker.seed_instance(seed)
-    family, given = _faker.last_name(), _faker.first_name()
-    kana = f"{_faker.last_kana_name()} {_faker.first_kana_name()}"
+    (family, family_kana, _), (given, given_kana, _) = (
+        _faker.last_name_pair(),
+        _faker.first_name_pair(),
+    )
+    kana = f"{family_kana} {given_kana}"
     body: dict[str, Any] = {
         "name": f"{family} {given}",
         "name_kana": kana,
