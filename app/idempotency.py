@@ -11,6 +11,7 @@ import json
 import re
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import BadHeader, Conflict
@@ -50,7 +51,12 @@ async def replayed_resource(
     return row.resource_id
 
 
-def remember(
+class IdempotencyInProgress(Conflict):
+    slug, title = "idempotency-in-progress", "Request in progress"
+    default_detail = "A request with this Idempotency-Key is being handled; retry shortly."
+
+
+async def remember(
     session: AsyncSession,
     *,
     caller_id: str,
@@ -59,8 +65,13 @@ def remember(
     print_: str,
     resource_id: str,
 ) -> None:
+    """Keep the key with what it created; a simultaneous twin of the request loses here."""
     session.add(
         IdempotentRequest(
             caller_id=caller_id, key=key, route=route, fingerprint=print_, resource_id=resource_id
         )
     )
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise IdempotencyInProgress() from exc

@@ -85,6 +85,25 @@ class CustomerReader:
         return cipher.decrypt(blob, table="contract", column=column, row_id=contract.id)
 
 
+def contract_out(reader: CustomerReader, contract: Contract) -> ContractOut:
+    return ContractOut(
+        id=contract.id,
+        line_number=format_national(reader.contract_field(contract, "line_number")),
+        plan=contract.plan,
+        status=contract.status,
+        started_on=contract.started_on,
+        ended_on=contract.ended_on,
+    )
+
+
+def device_out(reader: CustomerReader, contract: Contract) -> DeviceOut:
+    return DeviceOut(
+        contract_id=contract.id,
+        model=contract.device_model,
+        imei_last4=reader.contract_field(contract, "imei")[-4:],
+    )
+
+
 def scopes_for(groups: frozenset[FieldGroup]) -> set[KeyScope]:
     scopes: set[KeyScope] = set()
     if groups & {
@@ -136,26 +155,9 @@ def build_view(
         if G.DOCUMENT_NUMBER in groups:
             values["document_number"] = number
     if G.CONTRACTS in groups:
-        values["contracts"] = [
-            ContractOut(
-                id=c.id,
-                line_number=format_national(reader.contract_field(c, "line_number")),
-                plan=c.plan,
-                status=c.status,
-                started_on=c.started_on,
-                ended_on=c.ended_on,
-            )
-            for c in contracts
-        ]
+        values["contracts"] = [contract_out(reader, c) for c in contracts]
     if G.DEVICE in groups:
-        values["devices"] = [
-            DeviceOut(
-                contract_id=c.id,
-                model=c.device_model,
-                imei_last4=reader.contract_field(c, "imei")[-4:],
-            )
-            for c in contracts
-        ]
+        values["devices"] = [device_out(reader, c) for c in contracts]
     if G.BILLING in groups:
         current = next((c for c in contracts if c.status == "active"), None) or next(
             iter(contracts), None

@@ -16,7 +16,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute
 
 from app import idempotency
@@ -31,6 +30,8 @@ from app.customers.disclosure import (
     VISIT_GROUPS,
     CustomerReader,
     build_view,
+    contract_out,
+    device_out,
     scopes_for,
     seal_contract_field,
     seal_customer_field,
@@ -43,7 +44,6 @@ from app.customers.schemas import (
     CustomerCreate,
     CustomerPatch,
     CustomerView,
-    DeviceOut,
     SearchMatch,
     SearchRequest,
     SearchResult,
@@ -58,7 +58,6 @@ from app.uow import UnitOfWork
 from app.validation.email import normalise_email
 from app.validation.kana import kana_index_form
 from app.validation.names import display_name
-from app.validation.phone import format_national
 from app.vault import CustomerCiphers
 from app.visits import service as visits_service
 
@@ -386,7 +385,7 @@ async def create_customer(
     if attached.rowcount != 1:  # type: ignore[attr-defined]
         raise Conflict("The visit already has a customer.")
     if idempotency_key is not None:
-        idempotency.remember(
+        await idempotency.remember(
             uow.session,
             caller_id=caller,
             key=idempotency_key,
@@ -394,10 +393,6 @@ async def create_customer(
             print_=print_,
             resource_id=customer_id,
         )
-    try:
-        await uow.session.flush()
-    except IntegrityError as exc:
-        raise Conflict("The request conflicts with one made at the same time; retry.") from exc
 
     access = Access(
         customer,
@@ -566,18 +561,9 @@ def _search_purposes(role: Role) -> frozenset[Purpose]:
 
 def _contract_view(reader: CustomerReader, contract: Contract) -> ContractView:
     return ContractView(
-        id=contract.id,
+        **contract_out(reader, contract).model_dump(),
         customer_id=contract.customer_id,
-        line_number=format_national(reader.contract_field(contract, "line_number")),
-        plan=contract.plan,
-        status=contract.status,
-        started_on=contract.started_on,
-        ended_on=contract.ended_on,
-        device=DeviceOut(
-            contract_id=contract.id,
-            model=contract.device_model,
-            imei_last4=reader.contract_field(contract, "imei")[-4:],
-        ),
+        device=device_out(reader, contract),
         billing=BillingOut(
             payment_method=contract.payment_method, account_last4=contract.account_last4
         ),

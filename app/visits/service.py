@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from app import idempotency
 from app.audit.events import Action, EventDraft, Outcome
@@ -184,7 +184,7 @@ async def open_visit(
         await _attach_customer(uow, principal, visit, body.customer_id)
     uow.session.add(visit)
     if idempotency_key is not None:
-        idempotency.remember(
+        await idempotency.remember(
             uow.session,
             caller_id=principal.subject,
             key=idempotency_key,
@@ -192,10 +192,7 @@ async def open_visit(
             print_=print_,
             resource_id=visit_id,
         )
-    try:
-        await uow.session.flush()
-    except IntegrityError as exc:
-        raise Conflict("The request conflicts with one made at the same time; retry.") from exc
+    await uow.session.flush()
     return _view(visit, principal.store_code or "", cipher, now)
 
 
