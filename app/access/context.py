@@ -17,10 +17,11 @@ from urllib.parse import unquote_to_bytes
 from fastapi import Depends, Header
 
 from app.audit.events import Actor
-from app.auth.deps import CurrentPrincipal
+from app.auth.deps import BearerToken, authenticate
 from app.auth.tokens import Principal
 from app.errors import BadHeader, PurposeRequired
 from app.policy import Purpose
+from app.uow import RuntimeDep, UnitOfWorkDep
 from app.validation.mynumber import contains_individual_number
 
 REASON_MIN, REASON_MAX = 10, 500
@@ -100,13 +101,16 @@ VISIT_HEADER = Header(
 
 
 async def access_context(
-    principal: CurrentPrincipal,
+    runtime: RuntimeDep,
+    uow: UnitOfWorkDep,
+    token: BearerToken,
     purpose: Annotated[str | None, PURPOSE_HEADER] = None,
     reason: Annotated[str | None, REASON_HEADER] = None,
     visit: Annotated[str | None, VISIT_HEADER] = None,
 ) -> AccessContext:
+    # One dependency level for the token and the headers: this runs on every customer access.
     return AccessContext(
-        principal=principal,
+        principal=authenticate(runtime, uow, token),
         purpose=parse_purpose(purpose),
         reason=parse_reason(reason),
         visit_id=parse_visit_id(visit),

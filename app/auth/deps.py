@@ -12,21 +12,29 @@ from app.audit.events import Action, EventDraft, Outcome
 from app.auth.tokens import Principal
 from app.errors import Forbidden, Unauthorized
 from app.roles import Role
-from app.uow import RuntimeDep, UnitOfWorkDep
+from app.runtime import Runtime
+from app.uow import RuntimeDep, UnitOfWork, UnitOfWorkDep
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 
 
-async def current_principal(
-    runtime: RuntimeDep,
-    uow: UnitOfWorkDep,
-    token: Annotated[str | None, Depends(oauth2_scheme)],
-) -> Principal:
+BearerToken = Annotated[str | None, Depends(oauth2_scheme)]
+
+
+def authenticate(runtime: Runtime, uow: UnitOfWork, token: str | None) -> Principal:
+    """The token, strictly decoded, bound to the unit of work (which checks it against the
+    database within the request's own queries, or before its commit)."""
     if not token:
         raise Unauthorized()
     principal = runtime.tokens.decode(token)
     uow.bind_principal(principal)
     return principal
+
+
+async def current_principal(
+    runtime: RuntimeDep, uow: UnitOfWorkDep, token: BearerToken
+) -> Principal:
+    return authenticate(runtime, uow, token)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal, scope="function")]
