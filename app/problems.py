@@ -69,17 +69,53 @@ async def _on_problem(_request: Request, exc: Exception) -> ProblemResponse:
     return problem_response(exc)
 
 
-async def _on_validation(_request: Request, exc: Exception) -> ProblemResponse:
+# Routes that take a body from callers without a token.
+_PUBLIC_BODY_ROUTES = frozenset({"/auth/token"})
+
+
+def _token_refusal(request: Request) -> Unauthorized | None:
+    """FastAPI parses the body before any dependency runs; the check order still puts the token
+    first, so an invalid body from a caller without a valid token is answered ``401``."""
+    if request.url.path in _PUBLIC_BODY_ROUTES:
+        return None
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return Unauthorized()
+    try:
+        request.app.state.runtime.tokens.decode(token)
+    except Unauthorized as refused:
+        return refused
+    return None
+
+
+async def _on_validation(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, RequestValidationError)
+    refused = _token_refusal(request)
+    if refused is not None:
+        return problem_response(refused)
     problem = ValidationFailed(extra={"errors": _validation_errors(exc)})
     return problem_response(problem)
 
 
-async def _on_http(_request: Request, exc: Exception) -> ProblemResponse:
+_UNDECODABLE_BODY = {
+    "loc": ["body"],
+    "type": "body_invalid",
+    "msg": "The body could not be decoded.",
+}
+
+
+async def _on_http(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, StarletteHTTPException)
     if isinstance(exc.__cause__, Problem):
         # FastAPI turns any error while reading the body into a 400; keep ours (e.g. the 413).
         return problem_response(exc.__cause__)
+    if exc.status_code == 400 and exc.__cause__ is not None:
+        refused = _token_refusal(request)
+        if refused is not None:
+            return problem_response(refused)
+        # FastAPI's answer to a body it could not decode at all (e.g. not UTF-8): malformed
+        # input, which the contract answers with 422 like any other unparsable body.
+        return problem_response(ValidationFailed(extra={"errors": [_UNDECODABLE_BODY]}))
     problem: Problem
     if exc.status_code == 404:
         problem = NotFound()

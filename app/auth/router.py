@@ -19,7 +19,7 @@ FormField = Annotated[str | None, Form()]
 MAX_CREDENTIAL_LENGTH = 256
 
 
-@router.post("/token", response_model=TokenResponse, responses=problem_responses(401, 429))
+@router.post("/token", response_model=TokenResponse, responses=problem_responses(400, 401, 429))
 async def issue_token(
     request: Request,
     runtime: RuntimeDep,
@@ -68,7 +68,7 @@ async def logout(uow: UnitOfWorkDep, principal: CurrentPrincipal) -> None:
     await service.logout(uow, principal)
 
 
-@router.post("/password", response_model=TokenResponse)
+@router.post("/password", response_model=TokenResponse, responses=problem_responses(403))
 async def change_password(
     body: PasswordChange, runtime: RuntimeDep, uow: UnitOfWorkDep, principal: CurrentPrincipal
 ) -> TokenResponse:

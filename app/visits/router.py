@@ -16,7 +16,9 @@ from app.visits.schemas import VisitCreate, VisitList, VisitPatch, VisitView
 router = APIRouter(prefix="/visits", tags=["visits"], responses=problem_responses(401, 403))
 
 
-@router.post("", status_code=201, response_model=VisitView, responses=problem_responses(404, 409))
+@router.post(
+    "", status_code=201, response_model=VisitView, responses=problem_responses(400, 404, 409)
+)
 async def open_visit(
     body: VisitCreate,
     principal: CurrentPrincipal,
