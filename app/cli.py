@@ -246,9 +246,9 @@ def _print_accounts(accounts: DemoAccounts) -> None:
     print(f"  {'client_id':<10} {'role':<15} client_secret")
     for client in accounts.clients:
         print(f"  {client.client_id:<10} {client.role.value:<15} {client.client_secret}")
-    print("Synthetic customers (search them by phone, e.g. from sales1's POS):")
+    print("Synthetic customers, masked (the README says how to find them with the search):")
     for customer in accounts.customers:
-        print(f"  {customer.store:<6} {customer.phone:<14} {customer.display_name}")
+        print(f"  {customer.store:<6} {customer.display_name}")
 
 
 def demo_command(args: argparse.Namespace, settings: Settings) -> int:

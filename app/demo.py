@@ -28,12 +28,16 @@ from app.roles import Role
 from app.runtime import Runtime
 from app.uow import UnitOfWork
 from app.validation.names import display_name
-from app.validation.phone import format_national
 
 # One password for every demo staff account: the point of demo data is to be logged in with.
 DEMO_PASSWORD = "shopvault-demo"  # noqa: S105 (demo data, printed on purpose)
 DEMO_SEED = 2026
-CUSTOMERS_PER_STORE = 3
+# Fixed, documented (README) numbers, so that the demo's output carries no contact data and
+# the search can still be tried: three customers per store.
+DEMO_PHONES = {
+    "S001": ("090-1000-0101", "090-1000-0102", "090-1000-0103"),
+    "S002": ("090-1000-0201", "090-1000-0202", "090-1000-0203"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +96,6 @@ class ClientAccount:
 @dataclass(frozen=True, slots=True)
 class CustomerEntry:
     store: str
-    phone: str
     display_name: str
 
 
@@ -174,7 +177,7 @@ async def _add_clients(uow: UnitOfWork, actor: Actor, accounts: DemoAccounts) ->
         _record(uow, actor, f"clients/{client.id}")
 
 
-def _demo_customer(faker: Faker, rng: random.Random) -> CustomerCreate:
+def _demo_customer(faker: Faker, rng: random.Random, phone: str) -> CustomerCreate:
     """A plausible, entirely synthetic customer."""
     family, given = faker.last_name_pair(), faker.first_name_pair()
     return CustomerCreate.model_validate(
@@ -184,7 +187,7 @@ def _demo_customer(faker: Faker, rng: random.Random) -> CustomerCreate:
             "date_of_birth": faker.date_of_birth(minimum_age=18, maximum_age=85).isoformat(),
             "postal_code": faker.zipcode(),
             "address": faker.address().replace("\n", " "),
-            "phone": f"090-{rng.randint(1000, 9999)}-{rng.randint(1000, 9999)}",
+            "phone": phone,
             "email": f"demo{rng.randint(1000, 9999)}@example.jp",
             "identity_document": {
                 "type": "drivers_license",
@@ -205,8 +208,8 @@ async def _add_customers(
     await uow.session.flush()
     for code, store in accounts.stores.items():
         sales = next(m.login for m in DEMO_STAFF if m.store == code and m.role is Role.SALES)
-        for _ in range(CUSTOMERS_PER_STORE):
-            body = _demo_customer(faker, rng)
+        for phone in DEMO_PHONES[code]:
+            body = _demo_customer(faker, rng, phone)
             now = utcnow()
             visit = Visit(
                 id=new_id(),
@@ -230,9 +233,7 @@ async def _add_customers(
                     customer_ids=(customer.id,),
                 )
             )
-            accounts.customers.append(
-                CustomerEntry(code, format_national(body.phone), display_name(body.name))
-            )
+            accounts.customers.append(CustomerEntry(code, display_name(body.name)))
 
 
 async def seed_demo(uow: UnitOfWork, runtime: Runtime, actor: Actor) -> DemoAccounts:
