@@ -18,10 +18,10 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-ENCODING_VERSION = 1
+ENCODING_VERSION = 2
 GENESIS_HASH = "0" * 64
 
-HASHED_FIELDS = (
+_HASHED_FIELDS_V1 = (
     "id",
     "chain",
     "seq",
@@ -45,6 +45,10 @@ HASHED_FIELDS = (
     "request_id",
     "encoding_version",
 )
+# Version 2 adds the presence method, the customer request and the rate-limit count.
+_HASHED_FIELDS_V2 = (*_HASHED_FIELDS_V1, "presence_method", "subject_request_id", "count")
+HASHED_FIELDS_BY_VERSION: dict[int, tuple[str, ...]] = {1: _HASHED_FIELDS_V1, 2: _HASHED_FIELDS_V2}
+HASHED_FIELDS = HASHED_FIELDS_BY_VERSION[ENCODING_VERSION]
 
 
 def derive_chain_key(index_key: bytes) -> bytes:
@@ -62,7 +66,8 @@ def _encode_value(value: Any) -> Any:
 
 
 def canonical_encoding(event: dict[str, Any]) -> bytes:
-    payload = {name: _encode_value(event[name]) for name in HASHED_FIELDS}
+    fields = HASHED_FIELDS_BY_VERSION[event["encoding_version"]]
+    payload = {name: _encode_value(event[name]) for name in fields}
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -53,4 +53,6 @@ class EventDraft:
     result_count: int | None = None
     review_required: bool = False
     denial: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    presence_method: str | None = None
+    subject_request_id: str | None = None
+    count: int | None = None

@@ -71,6 +71,9 @@ def _rows(
             "review_required": draft.review_required,
             "request_id": request_id,
             "encoding_version": ENCODING_VERSION,
+            "presence_method": draft.presence_method,
+            "subject_request_id": draft.subject_request_id,
+            "count": draft.count,
         }
         event["prev_hash"] = prev_hash
         event["hash"] = prev_hash = seal(key, prev_hash, event)

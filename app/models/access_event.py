@@ -49,6 +49,13 @@ class AccessEvent(Base):
     outcome: Mapped[str] = mapped_column(String(8))
     denial: Mapped[str | None] = mapped_column(String(64))
     review_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    # How presence was proven for an attach (pin, identity_document, sms_code, manager_reason;
+    # registered on a create), never the proof itself.
+    presence_method: Mapped[str | None] = mapped_column(String(32))
+    # The customer request that justified a manager's subject_request access.
+    subject_request_id: Mapped[str | None] = mapped_column(String(36))
+    # A rate-limit summary: how many refusals this one event stands for.
+    count: Mapped[int | None] = mapped_column(Integer)
     request_id: Mapped[str] = mapped_column(String(64))
     encoding_version: Mapped[int] = mapped_column(SmallInteger)
     prev_hash: Mapped[str] = mapped_column(String(64))
