@@ -12,11 +12,12 @@ from fastapi_offline import FastAPIOffline
 from app.admin.router import router as admin_router
 from app.auth.router import router as auth_router
 from app.config import Settings
+from app.contracts.router import router as contracts_router
 from app.customers.router import router as customers_router
 from app.logs import configure_logging
 from app.middleware import Metrics, RequestMiddleware
 from app.ops.router import router as ops_router
-from app.policy import render_markdown
+from app.policy import render_markdown, render_operations_markdown
 from app.problems import declare_problems, install_problem_handlers
 from app.runtime import Runtime
 from app.visits.router import router as visits_router
@@ -41,6 +42,13 @@ POLICY_SECTION = f"""
 queued for review. `—` is denied.
 
 {render_markdown()}
+
+## Who may do what: operation × role
+
+Each route declares its operation; a role without a ✓ is refused (`403`, recorded). Routes that
+take a purpose also need a policy row above for it.
+
+{render_operations_markdown()}
 """
 
 
@@ -65,7 +73,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     install_problem_handlers(app)
     app.add_middleware(RequestMiddleware, metrics=metrics)
-    for router in (ops_router, auth_router, admin_router, visits_router, customers_router):
+    for router in (
+        ops_router,
+        auth_router,
+        admin_router,
+        visits_router,
+        customers_router,
+        contracts_router,
+    ):
         app.include_router(router)
 
     def openapi() -> dict[str, Any]:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from app.audit.events import Action
 from app.roles import Role
 
 
@@ -71,7 +72,9 @@ _SALES_IDENTITY = {G.NAME, G.ADDRESS, G.BIRTH_DATE, G.IDENTITY_DOCUMENT}
 _SALES_BILLING = {G.NAME, G.CONTRACTS, G.BILLING}
 _SALES_SUPPORT = {G.NAME, G.CONTACT, G.CONTRACTS, G.VISITS}
 _TECH_REPAIR = {G.NAME, G.CONTACT, G.DEVICE, G.REPAIRS}
-_ALL = set(FieldGroup)
+# A manager's subject_request sees everything but the full document number: that is disclosed
+# only for fraud prevention and in the customer's own export.
+_ALL_BUT_DOCUMENT_NUMBER = set(FieldGroup) - {G.DOCUMENT_NUMBER}
 
 
 def _rules(justification: Justification, **groups: set[FieldGroup]) -> dict[Purpose, Rule]:
@@ -103,7 +106,7 @@ POLICY: Mapping[Role, Mapping[Purpose, Rule]] = {
         repair=_TECH_REPAIR,
         support={G.NAME, G.CONTACT, G.ADDRESS, G.CONTRACTS, G.VISITS, G.REPAIRS},
         fraud_prevention={G.NAME, G.BIRTH_DATE, G.IDENTITY_DOCUMENT, G.CONTRACTS, G.VISITS},
-        subject_request=_ALL,
+        subject_request=_ALL_BUT_DOCUMENT_NUMBER,
     ),
     Role.AUDITOR: _rules(Justification.REASON, audit={G.NAME}),
     Role.ADMIN: {},
@@ -130,6 +133,138 @@ def rule_for(role: Role, purpose: Purpose) -> Rule | None:
 
 # Purposes that may still reach a customer whose use is suspended (APPI suspension of use).
 PURPOSES_WHILE_SUSPENDED = frozenset({Purpose.SUBJECT_REQUEST, Purpose.AUDIT})
+
+
+class Operation(StrEnum):
+    """What a route does, beyond reading a record: each route declares its operation."""
+
+    READ_CUSTOMER = "read_customer"
+    SEARCH_CUSTOMERS = "search_customers"
+    REGISTER_CUSTOMER = "register_customer"
+    CORRECT_CUSTOMER = "correct_customer"
+    OPEN_CONTRACT = "open_contract"
+    TERMINATE_CONTRACT = "terminate_contract"
+    WORK_VISITS = "work_visits"
+    ADMINISTER = "administer"
+    READ_AUDIT_LOG = "read_audit_log"
+
+
+@dataclass(frozen=True, slots=True)
+class OperationRule:
+    """Who may do an operation, and under which purposes.
+
+    ``purposes`` is ``None`` for operations on the shop's own records (visits, administration),
+    which take no purpose header; otherwise the caller's purpose must be one of them *and* have a
+    row in the policy table for their role (``ANY_PURPOSE``: any purpose of that row), and the
+    row must disclose ``requires``."""
+
+    summary: str
+    action: Action | None  # what a refusal is recorded as (None: by the HTTP method)
+    roles: frozenset[Role]
+    purposes: frozenset[Purpose] | None
+    requires: frozenset[FieldGroup] = frozenset()
+    # False where the row's visit or reason is not asked for (search: how a visit finds its
+    # customer, which answers masked names only).
+    justified: bool = True
+
+
+ANY_PURPOSE = frozenset(Purpose)
+_STORE_STAFF = frozenset({Role.SALES, Role.TECHNICIAN, Role.MANAGER})
+_EVERY_ROLE = frozenset(Role)
+
+OPERATIONS: Mapping[Operation, OperationRule] = {
+    Operation.READ_CUSTOMER: OperationRule(
+        "read a customer record", Action.READ, _EVERY_ROLE, ANY_PURPOSE
+    ),
+    Operation.SEARCH_CUSTOMERS: OperationRule(
+        "search customers (exact match, masked names)",
+        Action.SEARCH,
+        _STORE_STAFF | {Role.FRAUD_SYSTEM},
+        ANY_PURPOSE,
+        justified=False,
+    ),
+    Operation.REGISTER_CUSTOMER: OperationRule(
+        "register a customer within a visit",
+        Action.CREATE,
+        _EVERY_ROLE,
+        frozenset({Purpose.CONTRACT}),
+    ),
+    Operation.CORRECT_CUSTOMER: OperationRule(
+        "correct a customer's data (only fields of the groups the row discloses)",
+        Action.UPDATE,
+        _STORE_STAFF,
+        frozenset({Purpose.CONTRACT, Purpose.SUPPORT, Purpose.SUBJECT_REQUEST}),
+    ),
+    Operation.OPEN_CONTRACT: OperationRule(
+        "open a contract",
+        Action.CREATE,
+        _EVERY_ROLE,
+        frozenset({Purpose.CONTRACT}),
+        frozenset({FieldGroup.CONTRACTS}),
+    ),
+    Operation.TERMINATE_CONTRACT: OperationRule(
+        "terminate a contract",
+        Action.UPDATE,
+        _EVERY_ROLE,
+        frozenset({Purpose.CONTRACT}),
+        frozenset({FieldGroup.CONTRACTS}),
+    ),
+    Operation.WORK_VISITS: OperationRule(
+        "open, read and change visits of one's own store", None, _STORE_STAFF, None
+    ),
+    Operation.ADMINISTER: OperationRule(
+        "stores, staff and system clients (no customer data)",
+        Action.ADMIN,
+        frozenset({Role.ADMIN}),
+        None,
+    ),
+    Operation.READ_AUDIT_LOG: OperationRule(
+        "read access events", Action.READ, frozenset({Role.AUDITOR}), frozenset({Purpose.AUDIT})
+    ),
+}
+
+
+def operation_allows(role: Role, purpose: Purpose | None, operation: Operation) -> Rule | None:
+    """The policy row under which ``role`` may do ``operation`` for ``purpose``, if any.
+
+    For operations without a purpose the row is a placeholder with no groups."""
+    op = OPERATIONS[operation]
+    if role not in op.roles:
+        return None
+    if op.purposes is None:
+        return _NO_DATA
+    if purpose is None or purpose not in op.purposes:
+        return None
+    rule = rule_for(role, purpose)
+    if rule is None or not op.requires <= rule.groups:
+        return None
+    return rule
+
+
+_NO_DATA = Rule(frozenset(), Justification.NONE)
+
+
+def render_operations_markdown() -> str:
+    """The operation table as the docs page shows it."""
+    roles = list(Role)
+    lines = [
+        "| operation | " + " | ".join(r.value for r in roles) + " | purposes |",
+        "| --- " * (len(roles) + 2) + "|",
+    ]
+    for operation, op in OPERATIONS.items():
+        cells = ["✓" if role in op.roles else "—" for role in roles]
+        if op.purposes is None:
+            purposes = "none (store records)"
+        elif op.purposes == ANY_PURPOSE:
+            purposes = "any of the role's rows"
+        else:
+            purposes = ", ".join(sorted(p.value for p in op.purposes))
+        if op.requires:
+            purposes += " (row must give " + ", ".join(sorted(op.requires)) + ")"
+        lines.append(
+            f"| {operation.value}: {op.summary} | " + " | ".join(cells) + f" | {purposes} |"
+        )
+    return "\n".join(lines)
 
 
 def render_markdown() -> str:

@@ -88,9 +88,18 @@ def _token_refusal(request: Request) -> Unauthorized | None:
     return None
 
 
+async def _refusal_before_body(request: Request) -> Problem | None:
+    """The check order puts the token, the headers and the role before the body: a body
+    FastAPI rejected before any dependency ran must not hide their refusal."""
+    from app.access.deps import admission_refusal  # the routers' admission, imported late
+
+    refused = await admission_refusal(request)
+    return refused if refused is not None else _token_refusal(request)
+
+
 async def _on_validation(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, RequestValidationError)
-    refused = _token_refusal(request)
+    refused = await _refusal_before_body(request)
     if refused is not None:
         return problem_response(refused)
     problem = ValidationFailed(extra={"errors": _validation_errors(exc)})
@@ -110,7 +119,7 @@ async def _on_http(request: Request, exc: Exception) -> ProblemResponse:
         # FastAPI turns any error while reading the body into a 400; keep ours (e.g. the 413).
         return problem_response(exc.__cause__)
     if exc.status_code == 400 and exc.__cause__ is not None:
-        refused = _token_refusal(request)
+        refused = await _refusal_before_body(request)
         if refused is not None:
             return problem_response(refused)
         # FastAPI's answer to a body it could not decode at all (e.g. not UTF-8): malformed

@@ -13,6 +13,7 @@ from app.blind_index import BlindIndex
 from app.config import Settings
 from app.db import create_request_engine, session_factory
 from app.keys import Keys, load_keys
+from app.kit.idempotency import derive_fingerprint_key
 from app.ratelimit import RateLimits
 from app.vault import Vault
 
@@ -26,6 +27,7 @@ class Runtime:
     tokens: TokenCodec
     limits: RateLimits
     chain_key: bytes
+    idempotency_key: bytes
     audit_log: AuditLog
     vault: Vault
     blind_index: BlindIndex
@@ -48,6 +50,7 @@ class Runtime:
             ),
             limits=RateLimits(settings.redis_url),
             chain_key=chain_key,
+            idempotency_key=derive_fingerprint_key(keys.index),
             audit_log=AuditLog(chain_key),
             vault=Vault(keys.master),
             blind_index=BlindIndex(keys.index),

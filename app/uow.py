@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,9 +24,9 @@ from app.audit.repository import AuditLog
 from app.auth import repository as auth_repository
 from app.auth.tokens import Principal
 from app.errors import AuditUnavailable, Problem, ServiceUnavailable, Unauthorized
+from app.kit.deps import RuntimeDep
 from app.models.base import utcnow
 from app.request_context import current_request_id
-from app.runtime import Runtime
 
 
 class UnitOfWork:
@@ -89,14 +89,6 @@ class UnitOfWork:
         except SQLAlchemyError:
             # The connection is gone; the transaction is gone with it.
             await self.session.invalidate()
-
-
-def runtime_of(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
-RuntimeDep = Annotated[Runtime, Depends(runtime_of)]
 
 
 async def unit_of_work(runtime: RuntimeDep) -> AsyncIterator[UnitOfWork]:

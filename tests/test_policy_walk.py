@@ -87,7 +87,7 @@ SPEC_POLICY: dict[str, dict[str, frozenset[str]]] = {
         "fraud_prevention": frozenset(
             {"name", "birth_date", "identity_document", "contracts", "visits"}
         ),
-        "subject_request": ALL_GROUPS,
+        "subject_request": ALL_GROUPS - {"document_number"},
     },
     "auditor": {"audit": frozenset({"name"})},
     "admin": {},
@@ -222,7 +222,11 @@ def test_disclosed_groups_carry_the_customers_values(
     assert view["address"] == given["address"]
     assert view["date_of_birth"] == given["date_of_birth"]
     number = given["identity_document"]["number"]
-    assert view["document_number"] == number
+    # The full number is not among a manager's groups: only fraud prevention and the export.
+    assert "document_number" not in view and number not in response.text
+    fraud = login_client(client, cast.FRAUD)
+    for_fraud = client.get(f"/customers/{customer.id}", headers=purpose(fraud, "fraud_prevention"))
+    assert for_fraud.json()["document_number"] == number
     assert view["identity_document"]["type"] == "drivers_license"
     assert view["identity_document"]["number_last4"] == number[-4:]
     assert view["identity_document"]["verified_store"] == "S001"

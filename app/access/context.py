@@ -1,8 +1,8 @@
-"""The access context: who calls, for which purpose, with which reason and visit.
+"""The access context: who calls, for which purpose, with which reason and visit, to do what.
 
-Built once per request by one dependency from the token and the three headers, so that services
-receive one typed object and no string roles or raw headers travel further. Header problems are
-``400`` (step 2 of the check order), never FastAPI's default ``422``.
+Built once per request by one dependency (``app.access.deps``) from the token and the headers,
+so that services receive one typed object and no string roles or raw headers travel further.
+Header problems are ``400`` (step 2 of the check order), never FastAPI's default ``422``.
 """
 
 from __future__ import annotations
@@ -11,17 +11,14 @@ import re
 import unicodedata
 import uuid
 from dataclasses import dataclass
-from typing import Annotated
 from urllib.parse import unquote_to_bytes
 
-from fastapi import Depends, Header
+from fastapi import Header
 
 from app.audit.events import Actor
-from app.auth.deps import BearerToken, authenticate
 from app.auth.tokens import Principal
 from app.errors import BadHeader, PurposeRequired
-from app.policy import Purpose
-from app.uow import RuntimeDep, UnitOfWorkDep
+from app.policy import Operation, Purpose
 from app.validation.mynumber import contains_individual_number
 
 REASON_MIN, REASON_MAX = 10, 500
@@ -32,6 +29,7 @@ _HEADER_TEXT = re.compile(r"[\x21-\x7e ]*")
 @dataclass(frozen=True, slots=True)
 class AccessContext:
     principal: Principal
+    operation: Operation
     purpose: Purpose
     reason: str | None
     visit_id: str | None
@@ -98,23 +96,3 @@ VISIT_HEADER = Header(
     alias="X-Visit-Id",
     description="The id of an open visit at your store that justifies the access.",
 )
-
-
-async def access_context(
-    runtime: RuntimeDep,
-    uow: UnitOfWorkDep,
-    token: BearerToken,
-    purpose: Annotated[str | None, PURPOSE_HEADER] = None,
-    reason: Annotated[str | None, REASON_HEADER] = None,
-    visit: Annotated[str | None, VISIT_HEADER] = None,
-) -> AccessContext:
-    # One dependency level for the token and the headers: this runs on every customer access.
-    return AccessContext(
-        principal=authenticate(runtime, uow, token),
-        purpose=parse_purpose(purpose),
-        reason=parse_reason(reason),
-        visit_id=parse_visit_id(visit),
-    )
-
-
-AccessContextDep = Annotated[AccessContext, Depends(access_context, scope="function")]

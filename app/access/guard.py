@@ -1,15 +1,15 @@
-"""Steps 3 and 4 of the check order: may this role use this purpose here, and is the access
-justified (visit, reason)? Every refusal carries its own denied access event."""
+"""Steps 3 and 4 of the check order: may this role do this operation for this purpose, and is
+the access justified (visit, reason)? Every refusal carries its own denied access event."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass
 
 from app.access.context import AccessContext
-from app.audit.events import Action, EventDraft, Outcome
+from app.audit.events import Action, denied_event
+from app.auth.tokens import Principal
 from app.errors import Forbidden, PurposeNotAllowed, ReasonRequired, VisitRequired
-from app.policy import FieldGroup, Justification, Purpose, Rule, rule_for
+from app.policy import OPERATIONS, FieldGroup, Justification, Rule, operation_allows
 
 
 def denied(
@@ -21,19 +21,24 @@ def denied(
     customer_ids: tuple[str, ...] = (),
     detail: str | None = None,
 ) -> Forbidden:
+    """A refusal of an access with a purpose, carrying its event."""
     return problem(
         detail,
-        audit_event=EventDraft(
-            actor=ctx.actor,
-            action=action,
-            resource=resource,
-            outcome=Outcome.DENIED,
+        audit_event=denied_event(
+            ctx.actor,
+            action,
+            resource,
+            problem.slug,
             purpose=ctx.purpose.value,
             reason=ctx.reason,
             customer_ids=customer_ids,
-            denial=problem.slug,
         ),
     )
+
+
+def refuse_role(principal: Principal, *, action: Action, resource: str) -> Forbidden:
+    """A refusal of a route the caller's role may not use at all (no purpose involved)."""
+    return Forbidden(audit_event=denied_event(principal.actor, action, resource, Forbidden.slug))
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,24 +61,15 @@ def permit(
     action: Action,
     resource: str,
     customer_ids: tuple[str, ...] = (),
-    purposes: Collection[Purpose] | None = None,
-    requires: Collection[FieldGroup] = (),
 ) -> Justified:
-    """The policy row for this caller and purpose, and what justifies using it.
-
-    ``purposes`` narrows the purposes a route accepts; ``requires`` names groups the row must
-    disclose for the route to make sense (a contract change needs ``contracts``)."""
-    rule = rule_for(ctx.principal.role, ctx.purpose)
-    if (
-        rule is None
-        or (purposes is not None and ctx.purpose not in purposes)
-        or not set(requires) <= rule.groups
-    ):
+    """The policy row for this caller, purpose and operation, and what justifies using it."""
+    rule = operation_allows(ctx.principal.role, ctx.purpose, ctx.operation)
+    if rule is None:
         raise denied(
             ctx, PurposeNotAllowed, action=action, resource=resource, customer_ids=customer_ids
         )
     needs = rule.justification
-    if needs is Justification.NONE:
+    if needs is Justification.NONE or not OPERATIONS[ctx.operation].justified:
         return Justified(rule, None, repair_visit_only=False, review_required=False)
     if needs in (Justification.VISIT, Justification.REPAIR_VISIT):
         if ctx.visit_id is None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.admin.pagination import Keyset
+from app.kit.pagination import PageRequest
+from app.kit.pagination import newest_first as keyset_newest_first
 from app.models import Staff, Store, SystemClient
 from app.models.base import Base
 
@@ -53,15 +54,8 @@ async def client_by_id(session: AsyncSession, client_id: str) -> SystemClient | 
 
 
 async def newest_first(
-    session: AsyncSession, model: type[Listed], *, limit: int, after: Keyset | None
+    session: AsyncSession, model: type[Listed], page: PageRequest
 ) -> list[Listed]:
-    """Up to ``limit`` rows, newest first, strictly after the keyset of the previous page."""
-    statement = select(model).order_by(model.created_at.desc(), model.id.desc()).limit(limit)
-    if after is not None:
-        statement = statement.where(
-            or_(
-                model.created_at < after.created_at,
-                and_(model.created_at == after.created_at, model.id < after.id),
-            )
-        )
+    """One page of rows (and one more), newest first, after the previous page's keyset."""
+    statement = keyset_newest_first(select(model), model.created_at, model.id, page)
     return list((await session.scalars(statement)).all())

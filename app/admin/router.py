@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter
 
+from app.access.deps import PrincipalFor
 from app.admin import service
-from app.admin.pagination import MAX_CURSOR_LENGTH, PageRequest, page_request
 from app.admin.schemas import (
     ClientCreate,
     ClientList,
@@ -22,11 +22,10 @@ from app.admin.schemas import (
     StoreList,
     StoreOut,
 )
-from app.audit.events import Action
-from app.auth.deps import require_roles
 from app.auth.tokens import Principal
+from app.kit.pagination import PageDep
+from app.policy import Operation
 from app.problems import problem_responses
-from app.roles import Role
 from app.uow import UnitOfWorkDep
 
 router = APIRouter(tags=["administration"], responses=problem_responses(401, 403))
@@ -34,58 +33,37 @@ router = APIRouter(tags=["administration"], responses=problem_responses(401, 403
 
 # Declared first in every endpoint, so that a caller who is not an admin is refused (and the
 # refusal recorded) before anything else about the request is looked at.
-StoreAdmin = Annotated[
-    Principal, Depends(require_roles(Role.ADMIN, action=Action.ADMIN, resource="stores"))
-]
-StaffAdmin = Annotated[
-    Principal, Depends(require_roles(Role.ADMIN, action=Action.ADMIN, resource="staff"))
-]
-ClientAdmin = Annotated[
-    Principal, Depends(require_roles(Role.ADMIN, action=Action.ADMIN, resource="clients"))
-]
-
-
-def _page(
-    limit: Annotated[int, Query(ge=1, le=500, description="Items per page.")] = 100,
-    cursor: Annotated[
-        str | None,
-        Query(max_length=MAX_CURSOR_LENGTH, description="The `next` value of the previous page."),
-    ] = None,
-) -> PageRequest:
-    return page_request(limit, cursor)
-
-
-PageDep = Annotated[PageRequest, Depends(_page)]
+Admin = Annotated[Principal, PrincipalFor(Operation.ADMINISTER)]
 
 
 @router.post("/stores", status_code=201, response_model=StoreOut, responses=problem_responses(409))
-async def create_store(admin: StoreAdmin, uow: UnitOfWorkDep, body: StoreCreate) -> StoreOut:
+async def create_store(admin: Admin, uow: UnitOfWorkDep, body: StoreCreate) -> StoreOut:
     """Create a store. Its code is unique (`409` otherwise)."""
     return await service.create_store(uow, admin, body)
 
 
 @router.get("/stores", response_model=StoreList)
-async def list_stores(admin: StoreAdmin, uow: UnitOfWorkDep, page: PageDep) -> StoreList:
+async def list_stores(admin: Admin, uow: UnitOfWorkDep, page: PageDep) -> StoreList:
     """Stores, newest first."""
     return await service.list_stores(uow, admin, page)
 
 
 @router.post("/staff", status_code=201, response_model=StaffOut, responses=problem_responses(409))
-async def create_staff(admin: StaffAdmin, uow: UnitOfWorkDep, body: StaffCreate) -> StaffOut:
+async def create_staff(admin: Admin, uow: UnitOfWorkDep, body: StaffCreate) -> StaffOut:
     """Create a staff account. The login is unique (`409` otherwise); the password is never
     returned."""
     return await service.create_staff(uow, admin, body)
 
 
 @router.get("/staff", response_model=StaffList)
-async def list_staff(admin: StaffAdmin, uow: UnitOfWorkDep, page: PageDep) -> StaffList:
+async def list_staff(admin: Admin, uow: UnitOfWorkDep, page: PageDep) -> StaffList:
     """Staff accounts, newest first."""
     return await service.list_staff(uow, admin, page)
 
 
 @router.patch("/staff/{staff_id}", response_model=StaffOut, responses=problem_responses(404, 409))
 async def update_staff(
-    admin: StaffAdmin, uow: UnitOfWorkDep, staff_id: str, body: StaffPatch
+    admin: Admin, uow: UnitOfWorkDep, staff_id: str, body: StaffPatch
 ) -> StaffOut:
     """Change a staff account. A change of role, store or password, or a deactivation, ends
     every token the person holds. You may not deactivate yourself or drop your own admin role
@@ -99,22 +77,20 @@ async def update_staff(
     response_model=ClientWithSecret,
     responses=problem_responses(409),
 )
-async def create_client(
-    admin: ClientAdmin, uow: UnitOfWorkDep, body: ClientCreate
-) -> ClientWithSecret:
+async def create_client(admin: Admin, uow: UnitOfWorkDep, body: ClientCreate) -> ClientWithSecret:
     """Register a system client. The answer carries its `client_secret`, shown this once."""
     return await service.create_client(uow, admin, body)
 
 
 @router.get("/clients", response_model=ClientList)
-async def list_clients(admin: ClientAdmin, uow: UnitOfWorkDep, page: PageDep) -> ClientList:
+async def list_clients(admin: Admin, uow: UnitOfWorkDep, page: PageDep) -> ClientList:
     """System clients, newest first (never their secrets)."""
     return await service.list_clients(uow, admin, page)
 
 
 @router.patch("/clients/{client_id}", response_model=ClientOut, responses=problem_responses(404))
 async def update_client(
-    admin: ClientAdmin, uow: UnitOfWorkDep, client_id: str, body: ClientPatch
+    admin: Admin, uow: UnitOfWorkDep, client_id: str, body: ClientPatch
 ) -> ClientOut:
     """Change a client's role or deactivate it; either ends every token it holds."""
     return await service.update_client(uow, admin, client_id, body)
@@ -126,7 +102,7 @@ async def update_client(
     responses=problem_responses(404),
 )
 async def rotate_client_secret(
-    admin: ClientAdmin, uow: UnitOfWorkDep, client_id: str
+    admin: Admin, uow: UnitOfWorkDep, client_id: str
 ) -> ClientWithSecret:
     """Issue a new secret, shown this once. The old secret and every token issued with it stop
     working at once."""

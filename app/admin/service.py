@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from app.admin import repository
-from app.admin.pagination import Keyset, PageRequest, encode_cursor
 from app.admin.repository import DuplicateKey, Listed
 from app.admin.schemas import (
     ClientCreate,
@@ -31,6 +30,7 @@ from app.auth.passwords import hash_client_secret, hash_password_async, new_clie
 from app.auth.service import check_password_policy
 from app.auth.tokens import Principal
 from app.errors import Conflict, NotFound, ValidationFailed
+from app.kit.pagination import Keyset, PageRequest, cut_page
 from app.models import Staff, Store, SystemClient
 from app.models.base import utcnow
 from app.roles import STORE_ROLES, Role
@@ -57,13 +57,8 @@ async def _page(
     uow: UnitOfWork, model: type[Listed], request: PageRequest
 ) -> tuple[list[Listed], str | None]:
     """One page of rows, newest first, and the cursor of the next page (if there is one)."""
-    rows = await repository.newest_first(
-        uow.session, model, limit=request.limit + 1, after=request.after
-    )
-    shown = rows[: request.limit]
-    if len(rows) <= request.limit:
-        return shown, None
-    return shown, encode_cursor(Keyset(shown[-1].created_at, shown[-1].id))
+    rows = await repository.newest_first(uow.session, model, request)
+    return cut_page(rows, request, lambda row: Keyset(row.created_at, row.id))
 
 
 # --- stores -------------------------------------------------------------------------------------

@@ -56,3 +56,26 @@ class EventDraft:
     presence_method: str | None = None
     subject_request_id: str | None = None
     count: int | None = None
+
+
+def denied_event(
+    actor: Actor,
+    action: Action,
+    resource: str,
+    denial: str,
+    *,
+    purpose: str | None = None,
+    reason: str | None = None,
+    customer_ids: tuple[str, ...] = (),
+) -> EventDraft:
+    """The event of a refusal: who tried what, on which resource, and the problem answered."""
+    return EventDraft(
+        actor=actor,
+        action=action,
+        resource=resource,
+        outcome=Outcome.DENIED,
+        purpose=purpose,
+        reason=reason,
+        customer_ids=customer_ids,
+        denial=denial,
+    )

@@ -11,9 +11,10 @@ from fastapi.security import OAuth2PasswordBearer
 from app.audit.events import Action, EventDraft, Outcome
 from app.auth.tokens import Principal
 from app.errors import Forbidden, Unauthorized
+from app.kit.deps import RuntimeDep
 from app.roles import Role
 from app.runtime import Runtime
-from app.uow import RuntimeDep, UnitOfWork, UnitOfWorkDep
+from app.uow import UnitOfWork, UnitOfWorkDep
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 

@@ -10,8 +10,9 @@ from app.auth import service
 from app.auth.deps import CurrentPrincipal
 from app.auth.schemas import Me, PasswordChange, TokenResponse
 from app.errors import InvalidCredentials
+from app.kit.deps import RuntimeDep
 from app.problems import problem_responses
-from app.uow import RuntimeDep, UnitOfWorkDep
+from app.uow import UnitOfWorkDep
 
 router = APIRouter(prefix="/auth", tags=["auth"], responses=problem_responses(401))
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
-from app.crypto import FieldCipher, KeyScope
+from app.crypto import FieldCipher
+from app.customers.catalogue import CATALOGUE, CustomerReader
 from app.customers.schemas import (
     BillingOut,
     ConsentsOut,
@@ -17,72 +18,13 @@ from app.customers.schemas import (
     RepairOut,
     VisitSummary,
 )
-from app.models import Contract, Customer, Visit
+from app.models import Contract, Visit
 from app.policy import FieldGroup
 from app.validation.documents import DocumentType, last4
 from app.validation.phone import format_national
-from app.vault import CustomerCiphers
 from app.visits.rules import effective_closed_at
 
-# Which key scope protects each encrypted customer column.
-CUSTOMER_COLUMN_SCOPE: dict[str, KeyScope] = {
-    "name": KeyScope.IDENTITY,
-    "name_kana": KeyScope.IDENTITY,
-    "date_of_birth": KeyScope.IDENTITY,
-    "postal_code": KeyScope.IDENTITY,
-    "address": KeyScope.IDENTITY,
-    "document_number": KeyScope.IDENTITY,
-    "phone": KeyScope.PROFILE,
-    "email": KeyScope.PROFILE,
-}
-CONTRACT_COLUMN_SCOPE: dict[str, KeyScope] = {
-    "line_number": KeyScope.PROFILE,
-    "imei": KeyScope.PROFILE,
-}
-
-# The groups that need contract rows, and those that need visit rows.
-CONTRACT_GROUPS = frozenset({FieldGroup.CONTRACTS, FieldGroup.DEVICE, FieldGroup.BILLING})
-VISIT_GROUPS = frozenset({FieldGroup.VISITS, FieldGroup.REPAIRS})
-
-
-def seal_customer_field(
-    ciphers: CustomerCiphers, customer_id: str, column: str, value: str
-) -> bytes:
-    cipher = ciphers.for_scope(CUSTOMER_COLUMN_SCOPE[column])
-    return cipher.encrypt(value, table="customer", column=column, row_id=customer_id)
-
-
-def seal_contract_field(
-    ciphers: CustomerCiphers, contract_id: str, column: str, value: str
-) -> bytes:
-    cipher = ciphers.for_scope(CONTRACT_COLUMN_SCOPE[column])
-    return cipher.encrypt(value, table="contract", column=column, row_id=contract_id)
-
-
-class CustomerReader:
-    """Decrypts one customer's columns on demand."""
-
-    def __init__(self, customer: Customer, ciphers: CustomerCiphers) -> None:
-        self.customer = customer
-        self.ciphers = ciphers
-
-    def field(self, column: str) -> str | None:
-        blob: bytes | None = getattr(self.customer, f"{column}_enc")
-        if blob is None:
-            return None
-        cipher = self.ciphers.for_scope(CUSTOMER_COLUMN_SCOPE[column])
-        return cipher.decrypt(blob, table="customer", column=column, row_id=self.customer.id)
-
-    def required(self, column: str) -> str:
-        value = self.field(column)
-        if value is None:
-            raise LookupError(f"customer column {column} is empty")
-        return value
-
-    def contract_field(self, contract: Contract, column: str) -> str:
-        cipher: FieldCipher = self.ciphers.for_scope(CONTRACT_COLUMN_SCOPE[column])
-        blob: bytes = getattr(contract, f"{column}_enc")
-        return cipher.decrypt(blob, table="contract", column=column, row_id=contract.id)
+G = FieldGroup
 
 
 def contract_out(reader: CustomerReader, contract: Contract) -> ContractOut:
@@ -104,19 +46,8 @@ def device_out(reader: CustomerReader, contract: Contract) -> DeviceOut:
     )
 
 
-def scopes_for(groups: frozenset[FieldGroup]) -> set[KeyScope]:
-    scopes: set[KeyScope] = set()
-    if groups & {
-        FieldGroup.NAME,
-        FieldGroup.ADDRESS,
-        FieldGroup.BIRTH_DATE,
-        FieldGroup.IDENTITY_DOCUMENT,
-        FieldGroup.DOCUMENT_NUMBER,
-    }:
-        scopes.add(KeyScope.IDENTITY)
-    if groups & {FieldGroup.CONTACT, FieldGroup.CONTRACTS, FieldGroup.DEVICE}:
-        scopes.add(KeyScope.PROFILE)
-    return scopes
+def billing_out(contract: Contract) -> BillingOut:
+    return BillingOut(payment_method=contract.payment_method, account_last4=contract.account_last4)
 
 
 def build_view(
@@ -131,18 +62,9 @@ def build_view(
 ) -> CustomerView:
     customer = reader.customer
     values: dict[str, Any] = {"id": customer.id, "fields": sorted(groups)}
-    G = FieldGroup
-    if G.NAME in groups:
-        values["name"] = reader.required("name")
-        values["name_kana"] = reader.required("name_kana")
-    if G.CONTACT in groups:
-        values["phone"] = format_national(reader.required("phone"))
-        values["email"] = reader.field("email")
-    if G.ADDRESS in groups:
-        values["postal_code"] = reader.required("postal_code")
-        values["address"] = reader.required("address")
-    if G.BIRTH_DATE in groups:
-        values["date_of_birth"] = date.fromisoformat(reader.required("date_of_birth"))
+    for group in groups:
+        if CATALOGUE[group].columns:
+            values.update(reader.column_values(group))
     if G.IDENTITY_DOCUMENT in groups or G.DOCUMENT_NUMBER in groups:
         number = reader.field("document_number")
         if G.IDENTITY_DOCUMENT in groups:
@@ -162,11 +84,7 @@ def build_view(
         current = next((c for c in contracts if c.status == "active"), None) or next(
             iter(contracts), None
         )
-        values["billing"] = (
-            BillingOut(payment_method=current.payment_method, account_last4=current.account_last4)
-            if current
-            else None
-        )
+        values["billing"] = billing_out(current) if current else None
     if G.CONSENTS in groups:
         values["consents"] = ConsentsOut(
             marketing_email=customer.marketing_email, marketing_sms=customer.marketing_sms

@@ -1,136 +1,18 @@
-"""Customer queries. The access query checks the caller's token, the visit and loads the customer
-with its wrapped keys in one round trip."""
+"""Customer queries beyond the access query (``app/access/repository.py``): the rows a view
+needs, and search through the blind indexes."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, exists, false, literal, or_, select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from app.auth.repository import principal_check_clause, principal_params
-from app.auth.tokens import Principal
+from app.access.repository import wrapped_key
 from app.crypto import KeyScope
-from app.models import Contract, Customer, CustomerKey, Store, Visit
-
-
-def visit_is_open(now: datetime) -> ColumnElement[bool]:
-    return and_(
-        Visit.closed_at.is_(None),
-        or_(Visit.auto_close_at.is_(None), Visit.auto_close_at > now),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class VisitCheck:
-    """The visit that must justify an access: open, at the caller's store, for this customer
-    (or, to register a new customer, for none yet), and of type repair where required."""
-
-    visit_id: str
-    store_id: str | None
-    repair_only: bool = False
-    for_new_customer: bool = False
-
-
-@functools.cache
-def _visit_justifies(repair_only: bool, for_new_customer: bool) -> ColumnElement[bool]:
-    return exists().where(
-        Visit.id == bindparam("v_id"),
-        Visit.store_id == bindparam("v_store"),
-        Visit.closed_at.is_(None),
-        or_(Visit.auto_close_at.is_(None), Visit.auto_close_at > bindparam("v_now")),
-        Visit.customer_id.is_(None) if for_new_customer else Visit.customer_id == bindparam("c_id"),
-        *([Visit.type == "repair"] if repair_only else []),
-    )
-
-
-def _wrapped_key(scope: KeyScope) -> ColumnElement[bytes | None]:
-    return (
-        select(CustomerKey.wrapped_key)
-        .where(CustomerKey.customer_id == Customer.id, CustomerKey.scope == scope.value)
-        .scalar_subquery()
-    )
-
-
-@functools.cache
-def _access_statement(
-    kind: str, has_store: bool, visit: tuple[bool, bool] | None, with_contracts: bool
-) -> Select[Any]:
-    """Built once per shape: the values travel as bound parameters."""
-
-    one = select(literal(1).label("one")).subquery("one")
-    verified_store = (
-        select(Store.code).where(Store.id == Customer.document_verified_store_id).scalar_subquery()
-    )
-    visit_ok = false() if visit is None else _visit_justifies(*visit)
-    statement = (
-        select(
-            principal_check_clause(kind, has_store).label("principal_ok"),
-            visit_ok.label("visit_ok"),
-            Customer,
-            _wrapped_key(KeyScope.IDENTITY),
-            _wrapped_key(KeyScope.PROFILE),
-            verified_store,
-        )
-        .select_from(one)
-        .outerjoin(Customer, Customer.id == bindparam("c_id"))
-    )
-    if with_contracts:
-        statement = (
-            statement.add_columns(Contract)
-            .outerjoin(Contract, Contract.customer_id == Customer.id)
-            .order_by(Contract.started_on.desc(), Contract.created_at.desc())
-        )
-    return statement
-
-
-@dataclass(frozen=True, slots=True)
-class AccessRow:
-    principal_ok: bool
-    visit_ok: bool
-    customer: Customer | None
-    identity_key: bytes | None
-    profile_key: bytes | None
-    verified_store: str | None
-    contracts: list[Contract]
-
-
-async def load_for_access(
-    session: AsyncSession,
-    principal: Principal,
-    customer_id: str,
-    *,
-    visit: VisitCheck | None,
-    now: datetime,
-    with_contracts: bool = False,
-) -> AccessRow:
-    """One round trip: is the token still good, does the visit justify the access, and the
-    customer with its wrapped keys (and contracts, when they will be disclosed)."""
-    statement = _access_statement(
-        principal.kind,
-        principal.store_id is not None,
-        None if visit is None else (visit.repair_only, visit.for_new_customer),
-        with_contracts,
-    )
-    params = {**principal_params(principal), "c_id": customer_id}
-    if visit is not None:
-        params.update(v_id=visit.visit_id, v_store=visit.store_id, v_now=now)
-    rows = (await session.execute(statement, params)).all()
-    first = rows[0]
-    return AccessRow(
-        principal_ok=bool(first[0]),
-        visit_ok=bool(first[1]),
-        customer=first[2],
-        identity_key=first[3],
-        profile_key=first[4],
-        verified_store=first[5],
-        contracts=[row[6] for row in rows if row[6] is not None] if with_contracts else [],
-    )
+from app.models import ConsentEvent, Contract, Customer, CustomerKey, Store, Visit
 
 
 async def contracts_of(session: AsyncSession, customer_id: str) -> Sequence[Contract]:
@@ -161,7 +43,7 @@ async def search_names(
 ) -> Sequence[tuple[str, bytes, bytes | None]]:
     """Matching customers' ids, encrypted names and wrapped identity keys."""
     statement = (
-        select(Customer.id, Customer.name_enc, _wrapped_key(KeyScope.IDENTITY))
+        select(Customer.id, Customer.name_enc, wrapped_key(KeyScope.IDENTITY))
         .where(column == digest, Customer.state.in_(states))
         .order_by(Customer.created_at.desc(), Customer.id)
         .limit(limit)
@@ -169,5 +51,30 @@ async def search_names(
     return [(row[0], row[1], row[2]) for row in (await session.execute(statement)).all()]
 
 
-async def contract_by_id(session: AsyncSession, contract_id: str) -> Contract | None:
-    return await session.get(Contract, contract_id)
+async def add_customer(
+    session: AsyncSession,
+    customer: Customer,
+    keys: Sequence[CustomerKey],
+    consents: Sequence[ConsentEvent],
+) -> None:
+    session.add(customer)
+    await session.flush()
+    session.add_all([*keys, *consents])
+
+
+def add_consent_event(session: AsyncSession, event: ConsentEvent) -> None:
+    session.add(event)
+
+
+async def attach_to_open_visit(session: AsyncSession, visit_id: str, customer_id: str) -> bool:
+    """Attach the customer to the visit if it has none yet; False if one was attached first."""
+    attached = await session.execute(
+        update(Visit)
+        .where(Visit.id == visit_id, Visit.customer_id.is_(None))
+        .values(customer_id=customer_id)
+    )
+    return bool(attached.rowcount == 1)  # type: ignore[attr-defined]
+
+
+async def flush(session: AsyncSession) -> None:
+    await session.flush()

@@ -1,36 +1,35 @@
-"""``/customers`` and ``/contracts``: purpose-bound access to customer records."""
+"""``/customers``: purpose-bound access to customer records."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter
 
-from app import idempotency
-from app.access.context import AccessContextDep
+from app.access.context import AccessContext
+from app.access.deps import AccessTo
 from app.customers import service
 from app.customers.schemas import (
-    ContractCreate,
-    ContractPatch,
-    ContractView,
     CustomerCreate,
     CustomerPatch,
     CustomerView,
     SearchRequest,
     SearchResult,
 )
+from app.kit import idempotency
+from app.kit.deps import IdempotencyKeyHeader, RuntimeDep
+from app.policy import Operation
 from app.problems import problem_responses
-from app.uow import RuntimeDep, UnitOfWorkDep
+from app.uow import UnitOfWorkDep
 
 router = APIRouter(tags=["customers"], responses=problem_responses(400, 401, 403))
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        description="A retry with the same key and body gets the first answer, "
-        "not a second record.",
-    ),
-]
+
+# Each route's first parameter admits the caller for its operation (token, purpose, the policy
+# row, a visit or reason) before the body is looked at.
+RegisterCustomer = Annotated[AccessContext, AccessTo(Operation.REGISTER_CUSTOMER)]
+SearchCustomers = Annotated[AccessContext, AccessTo(Operation.SEARCH_CUSTOMERS)]
+ReadCustomer = Annotated[AccessContext, AccessTo(Operation.READ_CUSTOMER)]
+CorrectCustomer = Annotated[AccessContext, AccessTo(Operation.CORRECT_CUSTOMER)]
 
 
 @router.post(
@@ -41,11 +40,11 @@ IdempotencyKey = Annotated[
     responses=problem_responses(409),
 )
 async def create_customer(
+    ctx: RegisterCustomer,
     body: CustomerCreate,
-    ctx: AccessContextDep,
     runtime: RuntimeDep,
     uow: UnitOfWorkDep,
-    idempotency_key: IdempotencyKey = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> CustomerView:
     """Register a customer (purpose `contract`, within an open visit given by `X-Visit-Id`).
 
@@ -57,7 +56,7 @@ async def create_customer(
 
 @router.post("/customers/search", response_model=SearchResult, responses=problem_responses(429))
 async def search_customers(
-    body: SearchRequest, ctx: AccessContextDep, runtime: RuntimeDep, uow: UnitOfWorkDep
+    ctx: SearchCustomers, body: SearchRequest, runtime: RuntimeDep, uow: UnitOfWorkDep
 ) -> SearchResult:
     """Exact-match search: `phone`; or `email`; or `name_kana` with `date_of_birth`.
 
@@ -73,7 +72,7 @@ async def search_customers(
     responses=problem_responses(404),
 )
 async def read_customer(
-    customer_id: str, ctx: AccessContextDep, runtime: RuntimeDep, uow: UnitOfWorkDep
+    ctx: ReadCustomer, customer_id: str, runtime: RuntimeDep, uow: UnitOfWorkDep
 ) -> CustomerView:
     """The customer record: exactly the field groups the policy gives your role and purpose."""
     return await service.disclose_customer(uow, runtime, ctx, customer_id)
@@ -86,9 +85,9 @@ async def read_customer(
     responses=problem_responses(404),
 )
 async def correct_customer(
+    ctx: CorrectCustomer,
     customer_id: str,
     body: CustomerPatch,
-    ctx: AccessContextDep,
     runtime: RuntimeDep,
     uow: UnitOfWorkDep,
 ) -> CustomerView:
@@ -96,36 +95,3 @@ async def correct_customer(
 
     Only fields of groups your role sees for the purpose; the event names the changed fields."""
     return await service.correct_customer(uow, runtime, ctx, customer_id, body)
-
-
-@router.post(
-    "/customers/{customer_id}/contracts",
-    status_code=201,
-    response_model=ContractView,
-    responses=problem_responses(404),
-)
-async def open_contract(
-    customer_id: str,
-    body: ContractCreate,
-    ctx: AccessContextDep,
-    runtime: RuntimeDep,
-    uow: UnitOfWorkDep,
-) -> ContractView:
-    """Open a contract (purpose `contract`)."""
-    return await service.open_contract(uow, runtime, ctx, customer_id, body)
-
-
-@router.patch(
-    "/contracts/{contract_id}",
-    response_model=ContractView,
-    responses=problem_responses(404, 409),
-)
-async def terminate_contract(
-    contract_id: str,
-    body: ContractPatch,
-    ctx: AccessContextDep,
-    runtime: RuntimeDep,
-    uow: UnitOfWorkDep,
-) -> ContractView:
-    """Terminate a contract (purpose `contract`): `status: "terminated"`, optional `ended_on`."""
-    return await service.terminate_contract(uow, runtime, ctx, contract_id, body)

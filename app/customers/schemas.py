@@ -6,27 +6,19 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
 
+from app.kit.schemas import Patch, Strict
 from app.policy import FieldGroup
 from app.validation.documents import DocumentType, normalise_document_number
 from app.validation.email import normalise_email
 from app.validation.fields import (
     Address,
     BirthDate,
-    Digits4,
     Kana,
     PersonName,
     Phone,
     PostalCode,
-    ShortText,
 )
 
 
@@ -35,10 +27,6 @@ def _email(text: str) -> str:
 
 
 Email = Annotated[str, StringConstraints(max_length=254), AfterValidator(_email)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class IdentityDocumentIn(Strict):
@@ -75,7 +63,7 @@ class ConsentsPatch(Strict):
     marketing_sms: bool | None = None
 
 
-class CustomerPatch(Strict):
+class CustomerPatch(Patch):
     """A correction: only the fields sent change; the access event names them, never values."""
 
     name: PersonName | None = None
@@ -88,9 +76,7 @@ class CustomerPatch(Strict):
     consents: ConsentsPatch | None = None
 
     @model_validator(mode="after")
-    def _something(self) -> CustomerPatch:
-        if not self.model_fields_set:
-            raise ValueError("send at least one field to correct")
+    def _only_email_removable(self) -> CustomerPatch:
         required = {"name", "name_kana", "date_of_birth", "postal_code", "address", "phone"}
         for name in required & self.model_fields_set:
             if getattr(self, name) is None:
@@ -192,38 +178,3 @@ class SearchMatch(BaseModel):
 class SearchResult(BaseModel):
     items: list[SearchMatch]
     next: None = None
-
-
-class DeviceIn(Strict):
-    model: ShortText
-    imei: Annotated[str, Field(pattern=r"^[0-9]{15}$")]
-
-
-class BillingIn(Strict):
-    payment_method: Literal["credit_card", "bank_transfer", "convenience_store"]
-    account_last4: Digits4 | None = None
-
-
-class ContractCreate(Strict):
-    line_number: Phone
-    plan: ShortText
-    device: DeviceIn
-    billing: BillingIn
-    started_on: date | None = None
-
-
-class ContractPatch(Strict):
-    status: Literal["terminated"]
-    ended_on: date | None = None
-
-
-class ContractView(BaseModel):
-    id: str
-    customer_id: str
-    line_number: str
-    plan: str
-    status: Literal["active", "terminated"]
-    started_on: date
-    ended_on: date | None
-    device: DeviceOut
-    billing: BillingOut

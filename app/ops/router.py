@@ -10,9 +10,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import ServiceUnavailable
+from app.kit.deps import RuntimeDep
 from app.migrate import head_revisions
 from app.problems import problem_catalogue, problem_responses
-from app.uow import RuntimeDep
 
 router = APIRouter(tags=["operations"])
 

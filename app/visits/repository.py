@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.customers.repository import visit_is_open
+from app.access.repository import visit_is_open
+from app.kit.pagination import PageRequest, newest_first
 from app.models import Customer, ServiceKey, Store, Visit
 
 
@@ -45,28 +46,32 @@ async def close_expired(session: AsyncSession, store_id: str, now: datetime) -> 
 
 
 async def open_in_store(
-    session: AsyncSession,
-    store_id: str,
-    now: datetime,
-    *,
-    limit: int,
-    before: tuple[datetime, str] | None,
+    session: AsyncSession, store_id: str, now: datetime, page: PageRequest
 ) -> Sequence[tuple[Visit, str]]:
     statement = (
         select(Visit, Store.code)
         .join(Store, Store.id == Visit.store_id)
         .where(Visit.store_id == store_id, visit_is_open(now))
-        .order_by(Visit.opened_at.desc(), Visit.id.desc())
-        .limit(limit)
     )
-    if before is not None:
-        opened_at, visit_id = before
-        statement = statement.where(
-            or_(
-                Visit.opened_at < opened_at, and_(Visit.opened_at == opened_at, Visit.id < visit_id)
-            )
-        )
+    statement = newest_first(statement, Visit.opened_at, Visit.id, page)
     return [(v, code) for v, code in (await session.execute(statement)).all()]
+
+
+async def add(session: AsyncSession, visit: Visit) -> None:
+    session.add(visit)
+    await session.flush()
+
+
+async def flush(session: AsyncSession) -> None:
+    await session.flush()
+
+
+async def close(session: AsyncSession, visit_id: str, now: datetime) -> bool:
+    """Close the visit unless someone closed it first."""
+    result = await session.execute(
+        update(Visit).where(Visit.id == visit_id, Visit.closed_at.is_(None)).values(closed_at=now)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 async def customer_state(session: AsyncSession, customer_id: str) -> str | None:

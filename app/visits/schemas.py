@@ -3,14 +3,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, model_validator
 
+from app.kit.schemas import Patch, Strict
 from app.validation.fields import Notes, ShortText
 from app.visits.rules import RepairStatus, VisitType
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class RepairIn(Strict):
@@ -35,21 +32,17 @@ class RepairPatch(Strict):
     status: RepairStatus
 
 
-class VisitPatch(Strict):
+class VisitPatch(Patch):
     customer_id: str | None = None
     notes: Notes | None = None
     repair: RepairPatch | None = None
 
-    @model_validator(mode="after")
-    def _something(self) -> VisitPatch:
-        if not self.model_fields_set:
-            raise ValueError("send customer_id, notes or repair")
-        return self
-
 
 class RepairOut(BaseModel):
+    """``symptom`` is free text about a person: present only when disclosed (see the route)."""
+
     device_model: str
-    symptom: str
+    symptom: str | None = None
     status: RepairStatus
     updated_at: datetime | None
 
@@ -62,7 +55,7 @@ class VisitView(BaseModel):
     customer_id: str | None
     opened_at: datetime
     closed_at: datetime | None
-    notes: str | None
+    notes: str | None = None  # present only when disclosed (see the route)
     repair: RepairOut | None
 
 

@@ -3,23 +3,24 @@ caller's store, and attaching a customer to one is itself an access event."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import idempotency
-from app.audit.events import Action, EventDraft, Outcome
+from app.audit.events import Action, EventDraft, denied_event
 from app.auth.tokens import Principal
 from app.crypto import FieldCipher
-from app.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from app.errors import Conflict, NotFound, PurposeNotAllowed, ValidationFailed, VisitRequired
+from app.kit.idempotency import idempotent_call
+from app.kit.ids import canonical_id, resource_of
+from app.kit.pagination import Keyset, PageRequest, cut_page
 from app.models import Visit
 from app.models.base import new_id, utcnow
-from app.roles import STORE_ROLES
+from app.policy import FieldGroup, Justification, Purpose, rule_for
+from app.roles import Role
 from app.runtime import Runtime
 from app.uow import UnitOfWork
 from app.visits import repository
@@ -69,29 +70,102 @@ async def ensure_service_keys(runtime: Runtime) -> None:
         log.warning("service keys not ensured at start-up", extra={"event": "startup"})
 
 
-def _require_store_staff(principal: Principal, resource: str, action: Action) -> str:
-    if principal.role not in STORE_ROLES or principal.store_id is None:
-        raise Forbidden(
-            "Only store staff work with visits.",
-            audit_event=EventDraft(
-                actor=principal.actor,
-                action=action,
-                resource=resource,
-                outcome=Outcome.DENIED,
-                denial=Forbidden.slug,
-            ),
+@dataclass(frozen=True, slots=True)
+class TextRequest:
+    """A caller asking, with a purpose header, for the free text of visits (notes, a repair's
+    symptom): text about a person, answered only where that purpose's row gives ``repairs`` and
+    the visit itself justifies it."""
+
+    purpose: Purpose
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TextAccess:
+    """The caller's admitted free-text access: the policy row, and the reason if one was given."""
+
+    principal: Principal
+    purpose: Purpose
+    reason: str | None
+    justification: Justification
+
+
+def admit_text(principal: Principal, asked: TextRequest | None, resource: str) -> TextAccess | None:
+    """``None`` when no purpose was sent; a recorded ``403`` when the row does not give
+    ``repairs`` (sales never see visit notes)."""
+    if asked is None:
+        return None
+    rule = rule_for(principal.role, asked.purpose)
+    if rule is None or FieldGroup.REPAIRS not in rule.groups:
+        raise PurposeNotAllowed(
+            audit_event=denied_event(
+                principal.actor,
+                Action.READ,
+                resource,
+                PurposeNotAllowed.slug,
+                purpose=asked.purpose.value,
+                reason=asked.reason,
+            )
         )
+    return TextAccess(principal, asked.purpose, asked.reason, rule.justification)
+
+
+def _text_justified(access: TextAccess, visit: Visit, now: datetime) -> tuple[bool, bool]:
+    """(may the text of this visit be answered, is the look queued for review)."""
+    open_for_its_customer = (
+        visit.customer_id is not None and effective_closed_at(visit, now) is None
+    )
+    if open_for_its_customer and (
+        access.principal.role is not Role.TECHNICIAN or visit.type == VisitType.REPAIR
+    ):
+        return True, False
+    if access.justification is Justification.VISIT_OR_REASON and access.reason is not None:
+        return True, True
+    return False, False
+
+
+def _disclose_texts(
+    uow: UnitOfWork,
+    access: TextAccess | None,
+    visits: Sequence[Visit],
+    resource: str,
+    now: datetime,
+) -> set[str]:
+    """The ids of the visits whose text is answered, and their read event."""
+    if access is None:
+        return set()
+    shown: list[Visit] = []
+    review = False
+    for visit in visits:
+        allowed, queued = _text_justified(access, visit, now)
+        if allowed:
+            shown.append(visit)
+            review = review or queued
+    if shown:
+        uow.record(
+            EventDraft(
+                actor=access.principal.actor,
+                action=Action.READ,
+                resource=resource,
+                purpose=access.purpose.value,
+                reason=access.reason,
+                customer_ids=tuple(dict.fromkeys(v.customer_id for v in shown if v.customer_id)),
+                fields=(FieldGroup.REPAIRS.value,),
+                review_required=review,
+            )
+        )
+    return {v.id for v in shown}
+
+
+def _store_of(principal: Principal) -> str:
+    # Admitted by the route for store staff only, who belong to exactly one store.
+    assert principal.store_id is not None
     return principal.store_id
 
 
-def _canonical(visit_id: str) -> str | None:
-    try:
-        return str(uuid.UUID(visit_id))
-    except ValueError:
-        return None
-
-
-def _view(visit: Visit, store_code: str, cipher: FieldCipher | None, now: datetime) -> VisitView:
+def _view(
+    visit: Visit, store_code: str, cipher: FieldCipher | None, now: datetime, *, texts: bool
+) -> VisitView:
     def text(column: str) -> str | None:
         blob: bytes | None = getattr(visit, f"{column}_enc")
         if blob is None or cipher is None:
@@ -99,13 +173,14 @@ def _view(visit: Visit, store_code: str, cipher: FieldCipher | None, now: dateti
         return cipher.decrypt(blob, table="visit", column=column, row_id=visit.id)
 
     closed_at = effective_closed_at(visit, now)
+    # Free text is left out (not null) unless disclosed.
     repair = None
     if visit.type == VisitType.REPAIR:
         repair = RepairOut(
             device_model=visit.repair_device_model or "",
-            symptom=text("repair_symptom") or "",
             status=RepairStatus(visit.repair_status or RepairStatus.RECEIVED),
             updated_at=visit.repair_updated_at,
+            **({"symptom": text("repair_symptom") or ""} if texts else {}),
         )
     return VisitView(
         id=visit.id,
@@ -115,15 +190,15 @@ def _view(visit: Visit, store_code: str, cipher: FieldCipher | None, now: dateti
         customer_id=visit.customer_id,
         opened_at=visit.opened_at,
         closed_at=closed_at,
-        notes=text("notes"),
         repair=repair,
+        **({"notes": text("notes")} if texts else {}),
     )
 
 
 async def _attach_customer(
     uow: UnitOfWork, principal: Principal, visit: Visit, customer_id: str
 ) -> None:
-    cid = _canonical(customer_id)
+    cid = canonical_id(customer_id)
     state = await repository.customer_state(uow.session, cid) if cid else None
     if cid is None or state is None or state == "erased":
         raise NotFound("No such customer.")
@@ -145,20 +220,21 @@ async def open_visit(
     body: VisitCreate,
     *,
     idempotency_key: str | None,
+    asked: TextRequest | None = None,
 ) -> VisitView:
-    store_id = _require_store_staff(principal, "visits", Action.CREATE)
+    store_id = _store_of(principal)
+    access = admit_text(principal, asked, "visits")
     await uow.verify_principal()
-    print_ = idempotency.fingerprint(runtime.chain_key, "visits", body.model_dump(mode="json"))
-    if idempotency_key is not None:
-        first = await idempotency.replayed_resource(
-            uow.session,
-            caller_id=principal.subject,
-            key=idempotency_key,
-            route="visits",
-            print_=print_,
-        )
-        if first is not None:
-            return await get_visit(uow, runtime, principal, first)
+    call = idempotent_call(
+        runtime.idempotency_key,
+        caller_id=principal.subject,
+        key=idempotency_key,
+        route="visits",
+        request=body.model_dump(mode="json"),
+    )
+    first = await call.first_answer(uow.session)
+    if first is not None:
+        return await get_visit(uow, runtime, principal, first, asked=asked, refuse=False)
     now = utcnow()
     cipher = await notes_cipher(uow, runtime)
     visit_id = new_id()
@@ -182,27 +258,18 @@ async def open_visit(
         visit.repair_updated_at = now
     if body.customer_id is not None:
         await _attach_customer(uow, principal, visit, body.customer_id)
-    uow.session.add(visit)
-    if idempotency_key is not None:
-        await idempotency.remember(
-            uow.session,
-            caller_id=principal.subject,
-            key=idempotency_key,
-            route="visits",
-            print_=print_,
-            resource_id=visit_id,
-        )
-    await uow.session.flush()
-    return _view(visit, principal.store_code or "", cipher, now)
+    await repository.add(uow.session, visit)
+    await call.remember(uow.session, visit_id)
+    texts = _disclose_texts(uow, access, [visit], f"visits/{visit_id}", now)
+    return _view(visit, principal.store_code or "", cipher, now, texts=visit.id in texts)
 
 
 async def _load(
-    uow: UnitOfWork, principal: Principal, visit_id: str, *, action: Action
+    uow: UnitOfWork, principal: Principal, visit_id: str, *, lock: bool
 ) -> tuple[Visit, str]:
-    store_id = _require_store_staff(principal, f"visits/{visit_id}", action)
+    store_id = _store_of(principal)
     await uow.verify_principal()
-    vid = _canonical(visit_id)
-    lock = action is not Action.READ
+    vid = canonical_id(visit_id)
     found = await repository.in_store(uow.session, vid, store_id, lock=lock) if vid else None
     if found is None:
         raise NotFound("No such visit at your store.")
@@ -210,51 +277,72 @@ async def _load(
 
 
 async def get_visit(
-    uow: UnitOfWork, runtime: Runtime, principal: Principal, visit_id: str
+    uow: UnitOfWork,
+    runtime: Runtime,
+    principal: Principal,
+    visit_id: str,
+    *,
+    asked: TextRequest | None = None,
+    refuse: bool = True,
 ) -> VisitView:
-    visit, code = await _load(uow, principal, visit_id, action=Action.READ)
-    return _view(visit, code, await notes_cipher(uow, runtime), utcnow())
+    """One visit of the caller's store. With a purpose header whose row gives ``repairs``, its
+    free text too — refused (``refuse``) when this visit does not justify it."""
+    resource = resource_of("visits", visit_id)
+    access = admit_text(principal, asked, resource)
+    visit, code = await _load(uow, principal, visit_id, lock=False)
+    now = utcnow()
+    texts = _disclose_texts(uow, access, [visit], f"visits/{visit.id}", now)
+    if access is not None and not texts and refuse:
+        raise VisitRequired(
+            "This visit does not justify reading its notes: it must be open, have its customer "
+            "attached (a repair visit, for a technician), or a manager must give a reason.",
+            audit_event=denied_event(
+                principal.actor,
+                Action.READ,
+                f"visits/{visit.id}",
+                VisitRequired.slug,
+                purpose=access.purpose.value,
+                reason=access.reason,
+                customer_ids=(visit.customer_id,) if visit.customer_id else (),
+            ),
+        )
+    return _view(visit, code, await notes_cipher(uow, runtime), now, texts=visit.id in texts)
 
 
 async def list_open_visits(
-    uow: UnitOfWork, runtime: Runtime, principal: Principal, *, limit: int, cursor: str | None
+    uow: UnitOfWork,
+    runtime: Runtime,
+    principal: Principal,
+    page: PageRequest,
+    *,
+    asked: TextRequest | None = None,
 ) -> VisitList:
-    store_id = _require_store_staff(principal, "visits", Action.READ)
+    store_id = _store_of(principal)
+    access = admit_text(principal, asked, "visits")
     await uow.verify_principal()
     now = utcnow()
     await repository.close_expired(uow.session, store_id, now)
-    rows = await repository.open_in_store(
-        uow.session, store_id, now, limit=limit + 1, before=_decode_cursor(cursor)
-    )
+    rows = await repository.open_in_store(uow.session, store_id, now, page)
+    shown, next_cursor = cut_page(rows, page, lambda row: Keyset(row[0].opened_at, row[0].id))
+    texts = _disclose_texts(uow, access, [v for v, _ in shown], "visits", now)
     cipher = await notes_cipher(uow, runtime)
-    page = rows[:limit]
-    next_cursor = _encode_cursor(page[-1][0]) if len(rows) > limit else None
-    return VisitList(items=[_view(v, code, cipher, now) for v, code in page], next=next_cursor)
-
-
-def _encode_cursor(visit: Visit) -> str:
-    raw = f"{visit.opened_at.isoformat()}|{visit.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str | None) -> tuple[datetime, str] | None:
-    if cursor is None:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        opened_at, visit_id = raw.split("|", 1)
-        when = datetime.fromisoformat(opened_at)
-        if when.tzinfo is None:  # the database layer refuses naive times (a 503, not a 422)
-            raise ValueError("naive cursor time")
-        return when, str(uuid.UUID(visit_id))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ValidationFailed("The cursor is not valid.") from None
+    return VisitList(
+        items=[_view(v, code, cipher, now, texts=v.id in texts) for v, code in shown],
+        next=next_cursor,
+    )
 
 
 async def update_visit(
-    uow: UnitOfWork, runtime: Runtime, principal: Principal, visit_id: str, patch: VisitPatch
+    uow: UnitOfWork,
+    runtime: Runtime,
+    principal: Principal,
+    visit_id: str,
+    patch: VisitPatch,
+    *,
+    asked: TextRequest | None = None,
 ) -> VisitView:
-    visit, code = await _load(uow, principal, visit_id, action=Action.UPDATE)
+    access = admit_text(principal, asked, resource_of("visits", visit_id))
+    visit, code = await _load(uow, principal, visit_id, lock=True)
     now = utcnow()
     cipher = await notes_cipher(uow, runtime)
     if effective_closed_at(visit, now) is not None:
@@ -281,21 +369,19 @@ async def update_visit(
         visit.repair_updated_at = now
         if patch.repair.status is RepairStatus.RETURNED:
             visit.closed_at = now
-    await uow.session.flush()
-    return _view(visit, code, cipher, now)
+    await repository.flush(uow.session)
+    texts = _disclose_texts(uow, access, [visit], f"visits/{visit.id}", now)
+    return _view(visit, code, cipher, now, texts=visit.id in texts)
 
 
 async def close_visit(
     uow: UnitOfWork, runtime: Runtime, principal: Principal, visit_id: str
 ) -> VisitView:
-    visit, code = await _load(uow, principal, visit_id, action=Action.UPDATE)
+    visit, code = await _load(uow, principal, visit_id, lock=True)
     now = utcnow()
     if effective_closed_at(visit, now) is not None:
         raise Conflict("The visit is already closed.")
-    result = await uow.session.execute(
-        update(Visit).where(Visit.id == visit.id, Visit.closed_at.is_(None)).values(closed_at=now)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if not await repository.close(uow.session, visit.id, now):
         raise Conflict("The visit is already closed.")
     visit.closed_at = now
-    return _view(visit, code, await notes_cipher(uow, runtime), now)
+    return _view(visit, code, None, now, texts=False)
