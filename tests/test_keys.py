@@ -33,10 +33,11 @@ def test_missing_keys_are_generated_owner_only_with_a_warning(
     assert warned == {"SHOPVAULT_JWT_KEY", "SHOPVAULT_MASTER_KEY", "SHOPVAULT_INDEX_KEY"}
     # The warning names the setting, never the key itself.
     for record in caplog.records:
-        for secret in (keys.jwt, keys.master, keys.index):
+        for secret in (keys.jwt, keys.master_ring.newest, keys.index):
             assert encode_key(secret) not in record.getMessage()
             assert encode_key(secret) not in str(record.__dict__)
-    assert len({keys.jwt, keys.master, keys.index}) == 3
+    assert len({keys.jwt, keys.master_ring.newest, keys.index}) == 3
+    assert len(keys.master_ring.keys) == 1
 
 
 def test_generated_keys_are_reused_not_replaced(
