@@ -11,7 +11,6 @@ import io
 import json
 import math
 import secrets
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
