@@ -237,11 +237,14 @@ async def finish_rotation(
             uow.record(_event(actor, key_id, "retired_at"))
         return retired, used
 
+    used: dict[str, int] = {}
     for _round in range(RETIRE_ROUNDS):
         while movable and (moved := await transact(batch)):
             report.rewrapped += moved
             if on_batch is not None:
                 on_batch(moved)
+        if not pending:
+            break
         retired, used = await transact(retire)
         report.retired += retired
         pending -= set(retired)
