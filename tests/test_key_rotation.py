@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from app import cli
 from app.config import Settings
 from app.keyring import RingFile, master_key_id, parse_ring
-from app.keys import encode_key, key_path
+from app.keys import decode_key, encode_key, key_path
 from app.main import create_app
 from tests import cast
 from tests.conftest import SettingsFactory, login
@@ -132,6 +132,10 @@ def _ring(settings: Settings) -> list[str]:
 
 def env_key(key: bytes) -> SecretStr:
     return SecretStr(encode_key(key))
+
+
+def key_of(secret: SecretStr) -> bytes:
+    return decode_key(secret.get_secret_value(), "master")
 
 
 # --- generated keys (DATA_DIR/master.key) -------------------------------------------------------
@@ -269,7 +273,7 @@ def test_data_keys_under_a_key_outside_the_ring_are_reported_and_left_alone(
     """Wrapped by the environment's key, then rotated with generated keys: nothing can open
     those rows here, so they are named (not touched) and the command says it is not done."""
     _register(make_settings(), range(50, 51))
-    foreign_id = master_key_id(encode_key_back(test_keys["master_key"]))
+    foreign_id = master_key_id(key_of(test_keys["master_key"]))
     wrapped_before = _snapshot(db)[1]
     _use_settings(monkeypatch, make_settings(), master_key=None)
     code, _out, err = _rotate(capsys)
@@ -277,12 +281,6 @@ def test_data_keys_under_a_key_outside_the_ring_are_reported_and_left_alone(
     assert f"3 data keys are wrapped by master key {foreign_id}, which is not in the ring" in err
     assert _snapshot(db)[1] == wrapped_before
     assert _wrapping_ids(db) == {foreign_id: 3}
-
-
-def encode_key_back(secret: SecretStr) -> bytes:
-    from app.keys import decode_key
-
-    return decode_key(secret.get_secret_value(), "master")
 
 
 def test_the_database_refuses_data_keys_under_a_retired_master_key(
@@ -325,7 +323,7 @@ def test_rotation_with_keys_in_the_environment(
     test_keys: dict[str, SecretStr],
 ) -> None:
     first = test_keys["master_key"]
-    first_id = master_key_id(encode_key_back(first))
+    first_id = master_key_id(key_of(first))
     customers = _register(make_settings(), range(70, 72))
     snapshot = _snapshot(db)
 
@@ -335,7 +333,7 @@ def test_rotation_with_keys_in_the_environment(
     assert code == 0, err
     shown = out.splitlines()[1]
     second = SecretStr(shown)
-    second_id = master_key_id(encode_key_back(second))
+    second_id = master_key_id(key_of(second))
     assert f"(id {second_id})" in out
     assert _snapshot(db) == snapshot
     assert _retirements(db) == {}
