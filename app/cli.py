@@ -35,6 +35,9 @@ from app.request_context import request_id_var
 
 if TYPE_CHECKING:
     from app.demo import DemoAccounts
+    from app.key_rotation import KeyUsage, RotationReport
+    from app.keyring import MasterKeyRing, RingEditor, RingFile
+    from app.keys import Keys
     from app.runtime import Runtime
     from app.uow import UnitOfWork
 
@@ -102,31 +105,53 @@ def _configure_logging(settings: Settings) -> None:
 # --- running work in a unit of work -------------------------------------------------------------
 
 
-def in_unit_of_work(
-    settings: Settings, work: Callable[[UnitOfWork, Runtime], Awaitable[Result]]
+class Transactions:
+    """Runs one piece of work per unit of work on the runtime's engine, committing each."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    async def __call__(self, work: Callable[[UnitOfWork], Awaitable[Result]]) -> Result:
+        from app.uow import UnitOfWork
+
+        async with self._runtime.sessions() as session:
+            uow = UnitOfWork(session, self._runtime.audit_log)
+            try:
+                result = await work(uow)
+                await uow.commit()
+            except BaseException:
+                await uow.rollback()
+                raise
+            return result
+
+
+def with_runtime(
+    settings: Settings, work: Callable[[Runtime, Transactions], Awaitable[Result]]
 ) -> Result:
-    """Run ``work`` in one unit of work on the request engine; commit data and events together."""
+    """Run ``work`` with the request engine, the access log and a way to run transactions."""
     from app.runtime import Runtime
-    from app.uow import UnitOfWork
 
     runtime = Runtime.build(settings)
 
     async def run() -> Result:
         request_id_var.set(f"cli-{uuid.uuid4()}")
         try:
-            async with runtime.sessions() as session:
-                uow = UnitOfWork(session, runtime.audit_log)
-                try:
-                    result = await work(uow, runtime)
-                    await uow.commit()
-                except BaseException:
-                    await uow.rollback()
-                    raise
-                return result
+            return await work(runtime, Transactions(runtime))
         finally:
             await runtime.engine.dispose()
 
     return asyncio.run(run())
+
+
+def in_unit_of_work(
+    settings: Settings, work: Callable[[UnitOfWork, Runtime], Awaitable[Result]]
+) -> Result:
+    """Run ``work`` in one unit of work on the request engine; commit data and events together."""
+
+    async def once(runtime: Runtime, transact: Transactions) -> Result:
+        return await transact(lambda uow: work(uow, runtime))
+
+    return with_runtime(settings, once)
 
 
 # --- migrate ------------------------------------------------------------------------------------
@@ -276,38 +301,179 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def keys_rotate_command(args: argparse.Namespace, settings: Settings) -> int:
+    from app.keyring import RingBusy, RingFile, master_ring_source
+
+    # Validates every key, and generates the ring on a first run, before anything else.
+    keys = load_keys(settings)
+    source = master_ring_source(settings)
+    if isinstance(source, RingFile):
+        try:
+            with source.editing(wait=False) as editor:
+                return _rotate_ring_file(args, settings, keys, source, editor)
+        except RingBusy as exc:
+            raise CommandRefused("another `shopvault keys rotate` is running") from exc
+    if args.new_key_stdin:
+        raise CommandRefused(
+            "with SHOPVAULT_MASTER_KEY set, the new key is configured, not read from stdin "
+            "(README: Rotating the master key)"
+        )
+    return _rotate_environment(args, settings, keys)
+
+
+def _key_usage(settings: Settings) -> KeyUsage:
+    from app.key_rotation import key_usage
+
+    async def read(_runtime: Runtime, transact: Transactions) -> KeyUsage:
+        return await transact(lambda uow: key_usage(uow.session))
+
+    return with_runtime(settings, read)
+
+
+def _finish(
+    args: argparse.Namespace, settings: Settings, ring: MasterKeyRing, superseded: Sequence[str]
+) -> RotationReport:
+    from app.key_rotation import RotationError, finish_rotation
+
+    def progress(moved: int) -> None:
+        log.info("data keys re-wrapped", extra={"event": "key_rotation", "count": moved})
+
+    async def run(_runtime: Runtime, transact: Transactions) -> RotationReport:
+        return await finish_rotation(
+            transact,
+            ring,
+            superseded=superseded,
+            actor=CLI_ACTOR,
+            batch_size=args.batch_size,
+            on_batch=progress,
+        )
+
+    try:
+        report = with_runtime(settings, run)
+    except RotationError as exc:
+        raise CommandRefused(str(exc)) from exc
+    print(f"shopvault: {report.rewrapped} data keys re-wrapped with master key {report.target_id}.")
+    return report
+
+
+def _unfinished(report: RotationReport) -> None:
+    problems = [
+        f"master key {key_id} still wraps {count} data keys (a process still wrapping with it?); "
+        "run `shopvault keys rotate` again"
+        for key_id, count in report.still_used.items()
+    ] + [
+        f"{count} data keys are wrapped by master key {key_id}, which is not in the ring: "
+        "they open only once that key is added to the ring"
+        for key_id, count in report.unknown.items()
+    ]
+    if problems:
+        raise CommandRefused("; ".join(problems))
+
+
+def _new_master_key(args: argparse.Namespace) -> bytes:
     import secrets
 
-    from app.key_rotation import promote_next_key, rewrap_all, stage_next_key, staged_key
-    from app.keys import decode_key, encode_key
+    from app.keys import decode_key
 
-    current = load_keys(settings).master
-    from_environment = settings.master_key is not None
     if args.new_key_stdin:
-        new_key = decode_key(sys.stdin.readline(), "master")
-    elif from_environment:
-        new_key = secrets.token_bytes(32)
-    else:
-        # A key staged by an interrupted run is reused, so that run's commit is not orphaned.
-        new_key = staged_key(settings.data_dir) or secrets.token_bytes(32)
-    if new_key == current:
-        raise CommandRefused("the new master key is the current one")
-    if not from_environment:
-        stage_next_key(settings.data_dir, encode_key(new_key))
+        return decode_key(sys.stdin.readline(), "master")
+    return secrets.token_bytes(32)
 
-    async def work(uow: UnitOfWork, _runtime: Runtime) -> int:
-        result = await rewrap_all(uow.session, current, new_key)
-        uow.record(EventDraft(actor=CLI_ACTOR, action=Action.ADMIN, resource="keys/master"))
-        return result.customer_keys + result.service_keys
 
-    rewrapped = in_unit_of_work(settings, work)
-    print(f"shopvault: {rewrapped} data keys re-wrapped with the new master key.")
-    if from_environment:
-        print("Set SHOPVAULT_MASTER_KEY to this value and restart every process:")
-        print(encode_key(new_key))
+def _check_new_key(new_key: bytes, keys: Keys, usage: KeyUsage) -> None:
+    from app.keyring import master_key_id
+
+    if new_key in keys.master_ring.keys:
+        raise CommandRefused("the new master key is already in the ring")
+    if new_key in (keys.jwt, keys.index):
+        raise CommandRefused("the new master key must differ from the JWT and index keys")
+    if master_key_id(new_key) in usage.retired:
+        raise CommandRefused("the new master key was retired before; use a new one")
+
+
+def _rotate_ring_file(
+    args: argparse.Namespace,
+    settings: Settings,
+    keys: Keys,
+    ring_file: RingFile,
+    editor: RingEditor,
+) -> int:
+    from app.keyring import master_key_id
+
+    ring = editor.read()
+    usage = _key_usage(settings)
+    if len(ring.keys) > 1:
+        # An interrupted rotation: its key may already wrap data keys, so it is never replaced.
+        if args.new_key_stdin and master_key_id(_new_master_key(args)) != ring.newest_id:
+            raise CommandRefused(
+                f"a rotation to master key {ring.newest_id} is unfinished and keeps its key: "
+                "run `shopvault keys rotate` without --new-key-stdin to finish it first"
+            )
+        print(f"shopvault: finishing the rotation to master key {ring.newest_id}.")
     else:
-        promote_next_key(settings.data_dir)
-        print("The new master key replaced the old one in the data directory; restart the service.")
+        new_key = _new_master_key(args)
+        _check_new_key(new_key, keys, usage)
+        ring = ring.with_newest(new_key)
+        editor.write(ring)  # durably in the ring before anything is wrapped with it
+        print(
+            f"shopvault: master key {ring.newest_id} added to {ring_file.path}; running "
+            "processes wrap with it from their next new data key on."
+        )
+    report = _finish(args, settings, ring, ring.ids[:-1])
+    gone = [key_id for key_id in ring.ids if key_id in {*report.retired, *report.retired_earlier}]
+    if gone:
+        editor.write(ring.without(gone))
+        print(f"shopvault: retired and removed from {ring_file.path}: {', '.join(gone)}.")
+    _unfinished(report)
+    return 0
+
+
+def _rotate_environment(args: argparse.Namespace, settings: Settings, keys: Keys) -> int:
+    from app.keyring import OTHER_KEYS_SETTING, master_key_id
+    from app.keys import encode_key
+
+    ring = keys.master_ring
+    usage = _key_usage(settings)
+    if ring.newest_id in usage.retired:
+        raise CommandRefused(
+            f"SHOPVAULT_MASTER_KEY (master key {ring.newest_id}) is retired; configure a new key"
+        )
+    others = ring.ids[:-1]
+    moving = [k for k in others if usage.rows.get(k) and k not in usage.retired]
+    if moving or usage.superseded - {ring.newest_id}:
+        report = _finish(args, settings, ring, moving)
+        gone = [k for k in others if k in {*report.retired, *report.retired_earlier}]
+        if gone:
+            print(f"shopvault: retired: {', '.join(gone)}; remove them from {OTHER_KEYS_SETTING}.")
+        _unfinished(report)
+        return 0
+    stale = [k for k in others if k in usage.retired]
+    if stale:
+        print(
+            f"shopvault: retired already: {', '.join(stale)}; "
+            f"remove them from {OTHER_KEYS_SETTING}."
+        )
+    idle = [k for k in others if k not in usage.retired]
+    if idle:
+        print(
+            f"shopvault: every data key is wrapped by master key {ring.newest_id}; "
+            f"{', '.join(idle)} in {OTHER_KEYS_SETTING} wraps none. If it is your next key, make "
+            f"it SHOPVAULT_MASTER_KEY, move the current one to {OTHER_KEYS_SETTING}, restart "
+            "every process and run `shopvault keys rotate` again; an old key can be removed."
+        )
+        return 0
+    new_key = _new_master_key(args)
+    _check_new_key(new_key, keys, usage)
+    # Shown before anything is wrapped with it; nothing is, until the operator configures it.
+    print(
+        f"shopvault: every data key is wrapped by master key {ring.newest_id}. A new master key "
+        f"(id {master_key_id(new_key)}) follows; nothing is wrapped with it yet:"
+    )
+    print(encode_key(new_key))
+    print(
+        f"Next: 1. add it to {OTHER_KEYS_SETTING} on every process and restart them; "
+        f"2. make it SHOPVAULT_MASTER_KEY, move the current key to {OTHER_KEYS_SETTING}, restart "
+        "them; 3. run `shopvault keys rotate` again (it re-wraps and retires the old key)."
+    )
     return 0
 
 
@@ -352,12 +518,20 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="key management")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     rotate = key_commands.add_parser(
-        "rotate", help="wrap every data key with a new master key (data is untouched)"
+        "rotate",
+        help="wrap every data key with a new master key, online; run again to resume "
+        "(data is untouched)",
     )
     rotate.add_argument(
         "--new-key-stdin",
         action="store_true",
-        help="read the new master key (base64url of 32 random bytes) from stdin",
+        help="read the new master key (base64url of 32 random bytes) from stdin (generated keys)",
+    )
+    rotate.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=500,
+        help="data keys re-wrapped per transaction (default 500)",
     )
     rotate.set_defaults(handler=keys_rotate_command)
     return parser

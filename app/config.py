@@ -19,6 +19,9 @@ class Settings(BaseSettings):
 
     jwt_key: SecretStr | None = None
     master_key: SecretStr | None = None
+    # More master keys that open data keys but never wrap new ones (comma-separated): the old
+    # key while a rotation finishes, or the next key before it becomes MASTER_KEY.
+    other_master_keys: SecretStr | None = None
     index_key: SecretStr | None = None
     jwt_issuer: str = "shopvault"
     jwt_audience: str = "shopvault-api"

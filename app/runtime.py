@@ -12,6 +12,7 @@ from app.auth.tokens import TokenCodec
 from app.blind_index import BlindIndex
 from app.config import Settings
 from app.db import create_request_engine, session_factory
+from app.keyring import master_ring_source
 from app.keys import Keys, load_keys
 from app.kit.idempotency import derive_fingerprint_key
 from app.ratelimit import RateLimits
@@ -52,6 +53,6 @@ class Runtime:
             chain_key=chain_key,
             idempotency_key=derive_fingerprint_key(keys.index),
             audit_log=AuditLog(chain_key),
-            vault=Vault(keys.master),
+            vault=Vault(master_ring_source(settings)),
             blind_index=BlindIndex(keys.index),
         )

@@ -1,24 +1,33 @@
-"""Per-customer data keys: created, wrapped by the master key, and opened for one request.
+"""Per-customer data keys: created, wrapped by the master key ring, and opened for one request.
 
 Each customer has two key scopes: ``identity`` (the identity-verification record, which the law
 makes us keep longer) and ``profile`` (everything else), so that erasure can destroy one and keep
 the other. Data keys that belong to no customer (visit notes) are service keys.
+
+New data keys are wrapped with the newest master key the process knows; the ring is read again
+whenever its file has changed, and when a data key opens with none of the keys known so far (a
+rotation elsewhere added the key that wraps it). AES-GCM authenticates, so trying a key that is
+not the right one fails cleanly.
 """
 
 from __future__ import annotations
 
-import hashlib
+import logging
+import time
 from dataclasses import dataclass
 
-from app.crypto import FieldCipher, KeyScope, MasterKey, new_data_key
+from app.crypto import DecryptionError, FieldCipher, KeyScope, MasterKey, new_data_key
+from app.keyfiles import KeyError_
+from app.keyring import FixedRing, MasterKeyRing, RingSource, Stamp, master_key_id
 from app.models import CustomerKey, ServiceKey
 
+__all__ = ["SERVICE_KEY_OWNER", "CustomerCiphers", "Vault", "master_key_id"]
+
 SERVICE_KEY_OWNER = "service"
+# How often a process that only reads looks whether the ring file changed (wrapping always looks).
+RING_CHECK_SECONDS = 1.0
 
-
-def master_key_id(master_key: bytes) -> str:
-    """A short public fingerprint naming which master key wraps a data key."""
-    return hashlib.sha256(b"shopvault/master-key-id/" + master_key).hexdigest()[:16]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +43,89 @@ class CustomerCiphers:
 
 
 class Vault:
-    def __init__(self, master_key: bytes) -> None:
-        self._master = MasterKey(master_key)
-        self.master_key_id = master_key_id(master_key)
+    def __init__(self, keys: RingSource | bytes) -> None:
+        self._source: RingSource = (
+            FixedRing(MasterKeyRing((keys,))) if isinstance(keys, bytes) else keys
+        )
+        self._use(*self._source.load())
         # Only keys read back from committed rows are cached (see visits.service.notes_cipher).
         self._service_ciphers: dict[str, FieldCipher] = {}
 
+    # --- the ring ---------------------------------------------------------------------------
+
+    def _use(self, ring: MasterKeyRing, stamp: Stamp) -> None:
+        # Newest first: after a rotation most data keys are wrapped by it.
+        pairs = zip(ring.ids, ring.keys, strict=True)
+        self._keys = [(key_id, MasterKey(key)) for key_id, key in reversed(list(pairs))]
+        self._by_id = dict(self._keys)
+        self._stamp = stamp
+        self._checked_at = time.monotonic()
+
+    @property
+    def master_key_id(self) -> str:
+        """The id of the key new data keys are wrapped with (as of the last look at the ring)."""
+        return self._keys[0][0]
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(key_id for key_id, _ in self._keys)
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Read the ring again if it changed (or ``force``); True if its keys changed."""
+        if not force and self._source.stamp() == self._stamp:
+            self._checked_at = time.monotonic()
+            return False
+        try:
+            ring, stamp = self._source.load()
+        except (OSError, KeyError_, ValueError):
+            # A ring file is only ever replaced whole; keep working with the keys we have.
+            log.exception("the master key ring could not be read again")
+            return False
+        before = self.key_ids
+        self._use(ring, stamp)
+        if self.key_ids == before:
+            return False
+        log.info(
+            "master key ring read again",
+            extra={"event": "key_ring", "wrapping_key": self.master_key_id, "keys": len(ring.ids)},
+        )
+        return True
+
+    def _wrapping_key(self) -> tuple[str, MasterKey]:
+        # Always look before wrapping: a key taken out by a rotation must not wrap new data keys.
+        self.refresh()
+        return self._keys[0]
+
+    def _unwrap(self, wrapped: bytes, owner: str, scope: KeyScope, key_id: str | None) -> bytes:
+        if time.monotonic() - self._checked_at > RING_CHECK_SECONDS:
+            self.refresh()
+        if key_id is not None and key_id not in self._by_id:
+            self.refresh(force=True)
+        try:
+            return self._open_with_ring(wrapped, owner, scope, key_id)
+        except DecryptionError:
+            # Wrapped by a key this process has not seen yet: look at the ring again, once.
+            if not self.refresh(force=True):
+                raise
+            return self._open_with_ring(wrapped, owner, scope, key_id)
+
+    def _open_with_ring(
+        self, wrapped: bytes, owner: str, scope: KeyScope, key_id: str | None
+    ) -> bytes:
+        named = self._by_id.get(key_id) if key_id is not None else None
+        candidates = [named] if named is not None else []
+        candidates += [key for _, key in self._keys if key is not named]
+        for master in candidates:
+            try:
+                return master.unwrap(wrapped, customer_id=owner, scope=scope)
+            except DecryptionError:
+                continue
+        raise DecryptionError("No master key of the ring opens this data key.")
+
+    # --- customer keys ------------------------------------------------------------------------
+
     def new_customer_keys(self, customer_id: str) -> tuple[CustomerCiphers, list[CustomerKey]]:
+        key_id, master = self._wrapping_key()
         ciphers: dict[KeyScope, FieldCipher] = {}
         rows: list[CustomerKey] = []
         for scope in KeyScope:
@@ -50,8 +135,8 @@ class Vault:
                 CustomerKey(
                     customer_id=customer_id,
                     scope=scope.value,
-                    wrapped_key=self._master.wrap(data_key, customer_id=customer_id, scope=scope),
-                    master_key_id=self.master_key_id,
+                    wrapped_key=master.wrap(data_key, customer_id=customer_id, scope=scope),
+                    master_key_id=key_id,
                 )
             )
         return CustomerCiphers(ciphers[KeyScope.IDENTITY], ciphers[KeyScope.PROFILE]), rows
@@ -62,19 +147,21 @@ class Vault:
         def unwrap(wrapped: bytes | None, scope: KeyScope) -> FieldCipher | None:
             if wrapped is None:
                 return None
-            data_key = self._master.unwrap(wrapped, customer_id=customer_id, scope=scope)
-            return FieldCipher(data_key)
+            return FieldCipher(self._unwrap(wrapped, customer_id, scope, None))
 
         return CustomerCiphers(
             identity=unwrap(identity, KeyScope.IDENTITY), profile=unwrap(profile, KeyScope.PROFILE)
         )
 
+    # --- service keys -------------------------------------------------------------------------
+
     def new_service_key(self, name: str) -> tuple[FieldCipher, ServiceKey]:
+        key_id, master = self._wrapping_key()
         data_key = new_data_key()
-        wrapped = self._master.wrap(
+        wrapped = master.wrap(
             data_key, customer_id=f"{SERVICE_KEY_OWNER}:{name}", scope=KeyScope.PROFILE
         )
-        row = ServiceKey(name=name, wrapped_key=wrapped, master_key_id=self.master_key_id)
+        row = ServiceKey(name=name, wrapped_key=wrapped, master_key_id=key_id)
         return FieldCipher(data_key), row
 
     def cached_service_cipher(self, name: str) -> FieldCipher | None:
@@ -84,7 +171,6 @@ class Vault:
         self._service_ciphers[name] = cipher
 
     def open_service_key(self, row: ServiceKey) -> FieldCipher:
-        data_key = self._master.unwrap(
-            row.wrapped_key, customer_id=f"{SERVICE_KEY_OWNER}:{row.name}", scope=KeyScope.PROFILE
-        )
+        owner = f"{SERVICE_KEY_OWNER}:{row.name}"
+        data_key = self._unwrap(row.wrapped_key, owner, KeyScope.PROFILE, row.master_key_id)
         return FieldCipher(data_key)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import Engine
@@ -120,7 +121,7 @@ def db(database_url: str) -> Iterator[Engine]:
 
 
 def login(
-    client: TestClient, member: cast.Member, *, terminal: str | None = None
+    client: httpx.Client, member: cast.Member, *, terminal: str | None = None
 ) -> dict[str, str]:
     headers = {"X-Terminal-Id": terminal} if terminal else {}
     response = client.post(

@@ -1,5 +1,6 @@
 """Building blocks for tests of customer access: synthetic customers (Faker ja_JP) and the POS
-flow (open a visit, register a customer, read it) through the real HTTP API."""
+flow (open a visit, register a customer, read it) through the real HTTP API (an in-process
+``TestClient`` or an ``httpx.Client`` on a running server)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from faker import Faker
-from fastapi.testclient import TestClient
 
 _faker = Faker("ja_JP")
 
@@ -62,7 +63,7 @@ def purpose(
 
 
 def open_visit(
-    client: TestClient,
+    client: httpx.Client,
     headers: dict[str, str],
     visit_type: str = "new_contract",
     customer_id: str | None = None,
@@ -87,7 +88,7 @@ class Registered:
 
 
 def register_customer(
-    client: TestClient, headers: dict[str, str], seed: int | None = None, **overrides: Any
+    client: httpx.Client, headers: dict[str, str], seed: int | None = None, **overrides: Any
 ) -> Registered:
     """Open a new-contract visit and register a customer in it (as sales or a manager)."""
     visit_id = open_visit(client, headers)
@@ -100,7 +101,7 @@ def register_customer(
 
 
 def add_contract(
-    client: TestClient, headers: dict[str, str], customer_id: str, visit_id: str, seed: int = 0
+    client: httpx.Client, headers: dict[str, str], customer_id: str, visit_id: str, seed: int = 0
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     body = {

@@ -54,6 +54,8 @@ class CustomerKey(Base):
     """A customer's data key for one scope, wrapped by the master key. Deleting it erases."""
 
     __tablename__ = "customer_key"
+    # Rotation finds the data keys of a superseded master key, and counts them before retiring it.
+    __table_args__ = (Index("ix_customer_key_master_key_id", "master_key_id"),)
 
     customer_id: Mapped[str] = mapped_column(ForeignKey("customer.id"), primary_key=True)
     scope: Mapped[str] = mapped_column(String(16), primary_key=True)  # identity|profile
