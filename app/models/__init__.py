@@ -4,6 +4,7 @@ from app.models.access_event import AccessEvent, AccessEventCustomer, AuditChain
 from app.models.base import Base
 from app.models.customer import ConsentEvent, Contract, Customer, CustomerKey
 from app.models.identity import RevokedToken, Staff, Store, SystemClient
+from app.models.message import Message, PresenceCode
 from app.models.visit import IdempotentRequest, ServiceKey, Visit
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "Customer",
     "CustomerKey",
     "IdempotentRequest",
+    "Message",
+    "PresenceCode",
     "RevokedToken",
     "ServiceKey",
     "Staff",
