@@ -14,6 +14,7 @@ from app.auth.router import router as auth_router
 from app.config import Settings
 from app.customers.router import router as customers_router
 from app.logs import configure_logging
+from app.messages.router import router as messages_router
 from app.middleware import Metrics, RequestMiddleware
 from app.ops.router import router as ops_router
 from app.policy import render_markdown
@@ -65,7 +66,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     install_problem_handlers(app)
     app.add_middleware(RequestMiddleware, metrics=metrics)
-    for router in (ops_router, auth_router, admin_router, visits_router, customers_router):
+    for router in (
+        ops_router,
+        auth_router,
+        admin_router,
+        visits_router,
+        customers_router,
+        messages_router,
+    ):
         app.include_router(router)
 
     def openapi() -> dict[str, Any]:
