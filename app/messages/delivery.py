@@ -90,15 +90,20 @@ def build_email(email: OutgoingEmail, sender: str) -> EmailMessage:
 
 def _write_private(directory: Path, name: str, data: bytes) -> Path:
     """Write atomically, readable by the owner only (the file holds personal data)."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    except OSError:
+        raise DeliveryFailed("file_unwritable", permanent=False) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         target = directory / name
         os.replace(temporary, target)
-    except BaseException:
+    except BaseException as exc:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DeliveryFailed("file_unwritable", permanent=False) from None
         raise
     return target
 
