@@ -3,7 +3,7 @@ and that the caller never sees where a message goes (SPEC: Messages)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,6 +18,7 @@ from tests.conftest import SettingsFactory, login_client
 from tests.messaging import (
     BY_CATEGORY,
     TOKYO,
+    FakeClock,
     VARIABLES,
     clock_at,
     message,
@@ -42,7 +43,7 @@ def settings(make_settings: SettingsFactory) -> Settings:
 
 
 @pytest.fixture
-def daytime(client: TestClient):  # type: ignore[no-untyped-def]
+def daytime(client: TestClient) -> Iterator[FakeClock]:
     """The message rules run at 10:00 in Japan (within a day from now)."""
     with clock_at(client, tokyo(0, 10)) as clock:
         yield clock
