@@ -18,8 +18,8 @@ from tests.conftest import SettingsFactory, login_client
 from tests.messaging import (
     BY_CATEGORY,
     TOKYO,
-    FakeClock,
     VARIABLES,
+    FakeClock,
     clock_at,
     message,
     messages,
