@@ -18,6 +18,9 @@ install: $(STAMP)
 run: install
 	$(BIN)/shopvault migrate
 	$(BIN)/shopvault demo --if-new
+	# The outbox worker runs beside the server, and stops with it.
+	$(BIN)/shopvault worker & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	$(BIN)/shopvault serve --host 127.0.0.1 --port 8000
 
 lint: install

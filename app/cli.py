@@ -1,4 +1,5 @@
-"""The ``shopvault`` command: ``migrate``, ``create-admin``, ``serve``, ``demo``, ``keys rotate``.
+"""The ``shopvault`` command: ``migrate``, ``create-admin``, ``serve``, ``demo``, ``worker``,
+``keys rotate``.
 
 Writes go through the same code paths as the API: the request engine from ``Runtime``, one
 ``UnitOfWork`` per command, and an ``admin`` access event by the ``cli`` actor committed together
@@ -297,6 +298,25 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- worker -------------------------------------------------------------------------------------
+
+
+def worker_command(args: argparse.Namespace, settings: Settings) -> int:
+    from app.worker import WorkerConfigurationError, run_worker
+
+    try:
+        return asyncio.run(
+            run_worker(
+                settings,
+                once=args.once,
+                poll_interval=args.poll,
+                metrics_port=args.metrics_port,
+            )
+        )
+    except WorkerConfigurationError as exc:
+        raise ConfigurationError(str(exc)) from exc
+
+
 # --- keys rotate --------------------------------------------------------------------------------
 
 
@@ -515,6 +535,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=demo_command)
 
+    worker = commands.add_parser(
+        "worker", help="deliver the outbox (email over SMTP, SMS through the gateway, or files)"
+    )
+    worker.add_argument("--once", action="store_true", help="deliver what is due now, then exit")
+    worker.add_argument(
+        "--poll",
+        type=_positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often to look for due messages (default: 1)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve the worker's delivery counters on 127.0.0.1:PORT/metrics",
+    )
+    worker.set_defaults(handler=worker_command)
+
     keys = commands.add_parser("keys", help="key management")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     rotate = key_commands.add_parser(
@@ -541,6 +581,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
     return value
 
 

@@ -27,6 +27,14 @@ ALLOWED_FIELDS = frozenset(
         "port",
         "workers",
         "error",
+        # the outbox worker: ids, channels and short codes only, never an address or a text
+        "message_id",
+        "channel",
+        "outcome",
+        "failure",
+        "attempts",
+        "worker",
+        "delivery",
     }
 )
 

@@ -15,6 +15,7 @@ from app.config import Settings
 from app.contracts.router import router as contracts_router
 from app.customers.router import router as customers_router
 from app.logs import configure_logging
+from app.messages.router import router as messages_router
 from app.middleware import Metrics, RequestMiddleware
 from app.ops.router import router as ops_router
 from app.policy import render_markdown, render_operations_markdown
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         visits_router,
         customers_router,
         contracts_router,
+        messages_router,
     ):
         app.include_router(router)
 

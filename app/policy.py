@@ -144,6 +144,9 @@ class Operation(StrEnum):
     CORRECT_CUSTOMER = "correct_customer"
     OPEN_CONTRACT = "open_contract"
     TERMINATE_CONTRACT = "terminate_contract"
+    SEND_MESSAGE = "send_message"
+    READ_MESSAGES = "read_messages"
+    REQUEST_PRESENCE_CODE = "request_presence_code"
     WORK_VISITS = "work_visits"
     ADMINISTER = "administer"
     READ_AUDIT_LOG = "read_audit_log"
@@ -208,6 +211,29 @@ OPERATIONS: Mapping[Operation, OperationRule] = {
         _EVERY_ROLE,
         frozenset({Purpose.CONTRACT}),
         frozenset({FieldGroup.CONTRACTS}),
+    ),
+    # A send uses the customer's contact group without disclosing it: the purpose needs a row,
+    # and the message rules (app/messages/rules.py: role × category, visits within 14 days)
+    # decide the rest.
+    Operation.SEND_MESSAGE: OperationRule(
+        "send an approved template through the official channel",
+        Action.MESSAGE,
+        _STORE_STAFF | {Role.BILLING_SYSTEM},
+        ANY_PURPOSE,
+        justified=False,
+    ),
+    Operation.READ_MESSAGES: OperationRule(
+        "read a customer's messages and their delivery status (as a read)",
+        Action.READ,
+        _EVERY_ROLE,
+        ANY_PURPOSE,
+    ),
+    Operation.REQUEST_PRESENCE_CODE: OperationRule(
+        "send a one-time code to the customer's phone (proof of presence by phone)",
+        Action.MESSAGE,
+        _STORE_STAFF,
+        frozenset({Purpose.SUPPORT}),
+        justified=False,
     ),
     Operation.WORK_VISITS: OperationRule(
         "open, read and change visits of one's own store", None, _STORE_STAFF, None

@@ -69,12 +69,14 @@ async def open_customer(
     scopes: frozenset[KeyScope] | None = None,
     with_contracts: bool = False,
     not_found: str = "No such customer.",
+    suspended_ok: bool = False,
 ) -> OpenedCustomer:
     """Open a customer for ``ctx``'s operation, or raise the refusal the check order gives.
 
     ``scopes``: the data keys to open (default: those of the disclosed groups);
     ``with_contracts``: load the contract rows in the same query (when the row discloses them);
-    ``not_found``: the 404's wording for the resource asked for."""
+    ``not_found``: the 404's wording for the resource asked for; ``suspended_ok``: the operation
+    applies its own rule to a suspended customer (an urgent notice may still be sent)."""
     cid = canonical_id(customer_id)
     asked = (cid,) if cid else ()
 
@@ -108,7 +110,8 @@ async def open_customer(
     customer = row.customer
     if customer is None or customer.state == "erased":
         raise NotFound(not_found)
-    if customer.state == "suspended" and ctx.purpose not in PURPOSES_WHILE_SUSPENDED:
+    suspended = customer.state == "suspended"
+    if suspended and not suspended_ok and ctx.purpose not in PURPOSES_WHILE_SUSPENDED:
         raise denied(ctx, CustomerSuspended, action=action, resource=resource, customer_ids=asked)
 
     # 5. Only the data keys the disclosed groups need.
@@ -136,9 +139,11 @@ def record_access(
     resource: str,
     fields: frozenset[FieldGroup] | None = None,
     changed_fields: tuple[str, ...] | None = None,
+    review_required: bool | None = None,
 ) -> None:
     """The event of what was done with an opened customer: ``fields`` are the groups disclosed
-    or used (default: every group the policy row discloses)."""
+    or used (default: every group the policy row discloses); ``review_required`` defaults to
+    the justification's (a manager's reason without a visit)."""
     uow.record(
         EventDraft(
             actor=ctx.actor,
@@ -149,7 +154,9 @@ def record_access(
             customer_ids=(opened.id,),
             fields=tuple(sorted(opened.groups if fields is None else fields)),
             changed_fields=changed_fields,
-            review_required=opened.justified.review_required,
+            review_required=opened.justified.review_required
+            if review_required is None
+            else review_required,
         )
     )
 

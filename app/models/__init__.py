@@ -5,6 +5,7 @@ from app.models.base import Base
 from app.models.customer import ConsentEvent, Contract, Customer, CustomerKey
 from app.models.identity import RevokedToken, Staff, Store, SystemClient
 from app.models.master_key import MasterKeyRetirement
+from app.models.message import Message, PresenceCode
 from app.models.visit import IdempotentRequest, ServiceKey, Visit
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "CustomerKey",
     "IdempotentRequest",
     "MasterKeyRetirement",
+    "Message",
+    "PresenceCode",
     "RevokedToken",
     "ServiceKey",
     "Staff",

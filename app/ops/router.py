@@ -11,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import ServiceUnavailable
 from app.kit.deps import RuntimeDep
+from app.messages.metrics import refresh_outbox_gauges
 from app.migrate import head_revisions
 from app.problems import problem_catalogue, problem_responses
 
@@ -37,9 +38,10 @@ async def readyz(runtime: RuntimeDep) -> dict[str, str]:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
-    """Prometheus metrics (request counts and latencies by route template)."""
+async def metrics(request: Request, runtime: RuntimeDep) -> Response:
+    """Prometheus metrics (request counts and latencies by route template, outbox gauges)."""
     registry = request.app.state.metrics.registry
+    await refresh_outbox_gauges(runtime, registry)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

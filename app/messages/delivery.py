@@ -1,0 +1,266 @@
+"""Delivery backends: email over SMTP, SMS through the HTTP gateway, or files for trying it out.
+
+Every backend gets the message already rendered and the address already decrypted, and either
+returns (delivered; maybe with the provider's reference) or raises ``DeliveryFailed`` saying
+whether trying again could help. Failure reasons are short codes, never an address or a server's
+own words (an SMTP reply can quote the recipient).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import smtplib
+import ssl
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from app.messages.rules import TOKYO
+
+# Used in the From: of files written without a configured sender; never sent anywhere.
+FILE_SENDER = "shopvault@localhost.invalid"
+FILE_SMS_SENDER_ID = "SHOPVAULT"
+MAX_GATEWAY_RESPONSE_BYTES = 64 * 1024
+_REFERENCE = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+
+
+class DeliveryFailed(Exception):
+    def __init__(self, reason: str, *, permanent: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingEmail:
+    message_id: str
+    to: str
+    subject: str
+    body: str
+    date: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingSms:
+    message_id: str
+    to: str  # E.164
+    body: str
+
+
+class MailBackend(Protocol):
+    description: str
+
+    async def send(self, email: OutgoingEmail) -> str | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class SmsBackend(Protocol):
+    description: str
+
+    async def send(self, sms: OutgoingSms) -> str | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def build_email(email: OutgoingEmail, sender: str) -> EmailMessage:
+    """UTF-8 subject and body, ``Date`` in Japan time, and a ``Message-ID`` derived from the
+    message's id: a retry after an unclear failure carries the same one, so that the receiving
+    side can recognise a duplicate."""
+    domain = sender.rpartition("@")[2] or "localhost.invalid"
+    message = EmailMessage(policy=SMTP_POLICY)
+    message["From"] = sender
+    message["To"] = email.to
+    message["Subject"] = email.subject
+    message["Date"] = format_datetime(email.date.astimezone(TOKYO))
+    message["Message-ID"] = f"<{email.message_id}@{domain}>"
+    message.set_content(email.body, charset="utf-8")
+    return message
+
+
+def _write_private(directory: Path, name: str, data: bytes) -> Path:
+    """Write atomically, readable by the owner only (the file holds personal data)."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    except OSError:
+        raise DeliveryFailed("file_unwritable", permanent=False) from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        target = directory / name
+        os.replace(temporary, target)
+    except BaseException as exc:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DeliveryFailed("file_unwritable", permanent=False) from None
+        raise
+    return target
+
+
+class FileMail:
+    """Each email as an ``.eml`` file under ``<DATA_DIR>/outbox/mail`` (development only)."""
+
+    def __init__(self, directory: Path, sender: str | None) -> None:
+        self.directory = directory
+        self.sender = sender or FILE_SENDER
+        self.description = f"email to files in {directory}"
+
+    async def send(self, email: OutgoingEmail) -> str | None:
+        message = build_email(email, self.sender)
+        data = message.as_bytes()
+        await asyncio.to_thread(_write_private, self.directory, f"{email.message_id}.eml", data)
+        return str(message["Message-ID"])
+
+    async def aclose(self) -> None:
+        return None
+
+
+class SmtpMail:
+    """Email over SMTP with the standard library, in a thread: STARTTLS (certificate verified)
+    when configured, and login only over it."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        sender: str,
+        starttls: bool,
+        username: str | None,
+        password: str | None,
+        timeout: float = 30.0,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.host, self.port, self.sender = host, port, sender
+        self.starttls, self.username, self.password = starttls, username, password
+        self.timeout = timeout
+        self.tls_context = tls_context
+        tls = " with STARTTLS" if starttls else ""
+        self.description = f"email over SMTP to {host}:{port}{tls}"
+
+    async def send(self, email: OutgoingEmail) -> str | None:
+        return await asyncio.to_thread(self._send, email)
+
+    def _send(self, email: OutgoingEmail) -> str | None:
+        message = build_email(email, self.sender)
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+                smtp.ehlo()
+                if self.starttls:
+                    smtp.starttls(context=self.tls_context or ssl.create_default_context())
+                    smtp.ehlo()
+                if self.username:
+                    smtp.login(self.username, self.password or "")
+                smtp.send_message(message, from_addr=self.sender, to_addrs=[email.to])
+        except smtplib.SMTPRecipientsRefused:
+            raise DeliveryFailed("smtp_recipient_refused", permanent=True) from None
+        except smtplib.SMTPAuthenticationError:
+            raise DeliveryFailed("smtp_authentication_failed", permanent=False) from None
+        except smtplib.SMTPResponseException as exc:
+            permanent = 500 <= exc.smtp_code < 600
+            raise DeliveryFailed(f"smtp_{exc.smtp_code}", permanent=permanent) from None
+        except (smtplib.SMTPException, OSError):
+            raise DeliveryFailed("smtp_unavailable", permanent=False) from None
+        return str(message["Message-ID"])
+
+    async def aclose(self) -> None:
+        return None
+
+
+def sms_payload(sms: OutgoingSms, sender_id: str) -> dict[str, str]:
+    return {"to": sms.to, "from": sender_id, "body": sms.body, "reference": sms.message_id}
+
+
+class FileSms:
+    """Each SMS as the JSON the gateway would get, under ``<DATA_DIR>/outbox/sms``."""
+
+    def __init__(self, directory: Path, sender_id: str | None) -> None:
+        self.directory = directory
+        self.sender_id = sender_id or FILE_SMS_SENDER_ID
+        self.description = f"SMS to files in {directory}"
+
+    async def send(self, sms: OutgoingSms) -> str | None:
+        data = json.dumps(sms_payload(sms, self.sender_id), ensure_ascii=False, indent=2)
+        await asyncio.to_thread(
+            _write_private, self.directory, f"{sms.message_id}.json", data.encode() + b"\n"
+        )
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class HttpSms:
+    """``POST`` to the SMS gateway with a bearer token; a ``2xx`` answer means accepted.
+
+    Redirects are not followed (a gateway that moved is a configuration to fix, not a hop to
+    take with the customer's number), timeouts are short, and the answer is read only up to a
+    bound."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        token: str,
+        sender_id: str,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url, self.sender_id = url, sender_id
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+            transport=transport,
+        )
+        self.description = f"SMS through the gateway at {httpx.URL(url).host}"
+
+    async def send(self, sms: OutgoingSms) -> str | None:
+        try:
+            async with self._client.stream(
+                "POST", self.url, json=sms_payload(sms, self.sender_id), headers=self._headers
+            ) as response:
+                status = response.status_code
+                content = b""
+                if 200 <= status < 300:
+                    async for chunk in response.aiter_bytes():
+                        content += chunk
+                        if len(content) > MAX_GATEWAY_RESPONSE_BYTES:
+                            break
+        except httpx.TimeoutException:
+            raise DeliveryFailed("gateway_timeout", permanent=False) from None
+        except httpx.HTTPError:
+            raise DeliveryFailed("gateway_unreachable", permanent=False) from None
+        if 200 <= status < 300:
+            return _gateway_reference(content)
+        if 300 <= status < 400:
+            raise DeliveryFailed("gateway_redirect", permanent=True)
+        transient = status in {408, 425, 429} or status >= 500
+        raise DeliveryFailed(f"gateway_{status}", permanent=not transient)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _gateway_reference(content: bytes) -> str | None:
+    """The gateway's id for the message, when its answer carries a sensible one."""
+    try:
+        answer = json.loads(content)
+    except ValueError:
+        return None
+    if isinstance(answer, dict):
+        reference = answer.get("id")
+        if isinstance(reference, str) and _REFERENCE.fullmatch(reference):
+            return reference
+    return None
