@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from jose import jwt
-from pydantic import SecretStr
 from sqlalchemy import Engine, text
 
 from app.client_address import client_address, limit_key
