@@ -269,7 +269,7 @@ def test_create_auditor_makes_an_auditor_at_once_with_their_own_password(migrate
         ).all()
     engine.dispose()
     assert (row.pending_approval, row.password_expires_at) == (False, None)
-    assert [tuple(event) for event in events][0] == ("cli", f"staff/{row.id}", None)
+    assert [tuple(event) for event in events] == [("cli", f"staff/{row.id}", None)]
 
     again = migrated.call("create-auditor", "audit.chief", stdin="another-long-passphrase\n")
     assert "already exists" in assert_clean_refusal(again, 1)
