@@ -264,7 +264,7 @@ def test_create_auditor_makes_an_auditor_at_once_with_their_own_password(migrate
         ).one()
         events = connection.execute(
             select(AccessEvent.actor, AccessEvent.resource, AccessEvent.changed_fields).where(
-                AccessEvent.action == "admin"
+                AccessEvent.action == "admin", AccessEvent.actor == "cli"
             )
         ).all()
     engine.dispose()
