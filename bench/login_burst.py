@@ -84,10 +84,7 @@ class Burst:
         limits = httpx.Limits(max_connections=self.attackers)
         async with httpx.AsyncClient(limits=limits, timeout=30) as client:
             await asyncio.gather(
-                *(
-                    self._attacker(client, random.Random(n))
-                    for n in range(self.attackers)
-                )
+                *(self._attacker(client, random.Random(n)) for n in range(self.attackers))
             )
 
     def __enter__(self) -> Burst:
