@@ -7,7 +7,10 @@ request holds a database lock; auth_epoch is bumped in SQL."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +23,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.engine import make_url
 
 from app.admin import repository as admin_repository
+from app.auth.passwords import ARGON2_NICENESS
 from app.main import create_app
 from app.models import Staff
 from tests import cast
@@ -314,3 +318,24 @@ def test_auth_epoch_is_bumped_in_sql(
             select(Staff.auth_epoch).where(Staff.id == sales_id)
         ).scalar_one()
     assert after == before + 2
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priorities are Linux's")
+def test_argon2_runs_off_the_event_loop_at_a_lower_priority(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So that a burst of logins takes only the CPU the shop's reads leave."""
+    seen: list[tuple[str, int]] = []
+    verify = PasswordHasher.verify
+
+    def observed(self: PasswordHasher, *args: Any, **kwargs: Any) -> bool:
+        thread = threading.current_thread()
+        seen.append((thread.name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return verify(self, *args, **kwargs)
+
+    monkeypatch.setattr(PasswordHasher, "verify", observed)
+    assert client.post("/auth/token", data=_form(cast.SALES.login, "wrong")).status_code == 401
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert [(name.startswith("argon2"), nice) for name, nice in seen] == [
+        (True, min(base + ARGON2_NICENESS, 19))
+    ]

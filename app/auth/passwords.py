@@ -52,7 +52,9 @@ def _lower_priority() -> None:
     # Linux keeps a niceness per thread (and threads started later inherit it); elsewhere the
     # call would lower the whole process, so it is left alone.
     if sys.platform == "linux":
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ARGON2_NICENESS)
+        thread = threading.get_native_id()
+        niceness = min(19, os.getpriority(os.PRIO_PROCESS, thread) + ARGON2_NICENESS)
+        os.setpriority(os.PRIO_PROCESS, thread, niceness)
 
 
 _argon2_pool = ThreadPoolExecutor(
