@@ -60,9 +60,9 @@ def test_a_temporary_password_gives_a_token_for_changing_it_only(
         assert answer.json()["type"] == "/problems/password-change-required"
     with db.connect() as connection:
         denials = connection.execute(
-            select(AccessEvent.actor, AccessEvent.resource, AccessEvent.denial).where(
-                AccessEvent.outcome == "denied"
-            )
+            select(AccessEvent.actor, AccessEvent.resource, AccessEvent.denial)
+            .where(AccessEvent.outcome == "denied")
+            .order_by(AccessEvent.at, AccessEvent.chain, AccessEvent.seq)
         ).all()
     assert [tuple(row) for row in denials] == [
         ("newbie", "visits", "password-change-required"),
