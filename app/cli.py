@@ -1,5 +1,5 @@
-"""The ``shopvault`` command: ``migrate``, ``create-admin``, ``serve``, ``demo``, ``worker``,
-``keys rotate``.
+"""The ``shopvault`` command: ``migrate``, ``create-admin``, ``create-auditor``, ``serve``,
+``demo``, ``worker``, ``keys rotate``.
 
 Writes go through the same code paths as the API: the request engine from ``Runtime``, one
 ``UnitOfWork`` per command, and an ``admin`` access event by the ``cli`` actor committed together
@@ -33,6 +33,7 @@ from app.errors import AuditUnavailable, ValidationFailed
 from app.keys import KeyError_, load_keys
 from app.logs import configure_logging
 from app.request_context import request_id_var
+from app.roles import Role
 
 if TYPE_CHECKING:
     from app.demo import DemoAccounts
@@ -116,7 +117,7 @@ class Transactions:
         from app.uow import UnitOfWork
 
         async with self._runtime.sessions() as session:
-            uow = UnitOfWork(session, self._runtime.audit_log)
+            uow = UnitOfWork(session, self._runtime.audit_log, refusals=self._runtime.refusals)
             try:
                 result = await work(uow)
                 await uow.commit()
@@ -139,6 +140,7 @@ def with_runtime(
         try:
             return await work(runtime, Transactions(runtime))
         finally:
+            await runtime.refusals.close()
             await runtime.engine.dispose()
 
     return asyncio.run(run())
@@ -168,12 +170,12 @@ def migrate_command(_args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-# --- create-admin -------------------------------------------------------------------------------
+# --- create-admin, create-auditor ---------------------------------------------------------------
 
 
-def _read_password() -> str:
+def _read_password(role: str) -> str:
     if sys.stdin.isatty():
-        return getpass.getpass("Password for the new admin: ")
+        return getpass.getpass(f"Password for the new {role}: ")
     return sys.stdin.readline().removesuffix("\n").removesuffix("\r")
 
 
@@ -188,13 +190,18 @@ def _check_login(login: str) -> None:
         ) from exc
 
 
-async def _add_admin(uow: UnitOfWork, login: str, display_name: str, password: str) -> str:
+async def _add_operator_account(
+    uow: UnitOfWork, role: Role, login: str, display_name: str, password: str
+) -> str:
+    """An account made on the machine: effective at once (no approval), and its password is
+    the operator's own choice (not temporary)."""
     from app.auth import repository as auth_repository
     from app.auth.passwords import hash_password_async
     from app.models import Staff
     from app.models.base import new_id, utcnow
-    from app.roles import Role
 
+    # Hashed before the transaction begins: Argon2 never runs under the database's lock.
+    password_hash = await hash_password_async(password)
     taken = CommandRefused("a staff member with this login already exists")
     if await auth_repository.staff_by_login(uow.session, login) is not None:
         raise taken
@@ -203,10 +210,12 @@ async def _add_admin(uow: UnitOfWork, login: str, display_name: str, password: s
         id=new_id(),
         login=login,
         display_name=display_name,
-        role=Role.ADMIN.value,
+        role=role.value,
         store=None,
-        password_hash=await hash_password_async(password),
+        password_hash=password_hash,
+        password_expires_at=None,
         active=True,
+        pending_approval=False,
         auth_epoch=0,
         created_at=now,
         updated_at=now,
@@ -220,20 +229,31 @@ async def _add_admin(uow: UnitOfWork, login: str, display_name: str, password: s
     return staff.id
 
 
-def create_admin_command(args: argparse.Namespace, settings: Settings) -> int:
+def _create_operator_account(role: Role, args: argparse.Namespace, settings: Settings) -> int:
     from app.auth.service import check_password_policy
 
     login: str = args.login
     _check_login(login)
-    password = _read_password()
+    password = _read_password(role.value)
     try:
         check_password_policy(password, login)
     except ValidationFailed as exc:
         raise CommandRefused(exc.detail) from exc
     display_name: str = args.display_name or login
-    in_unit_of_work(settings, lambda uow, _: _add_admin(uow, login, display_name, password))
-    print(f"shopvault: admin {login} created.")
+    in_unit_of_work(
+        settings, lambda uow, _: _add_operator_account(uow, role, login, display_name, password)
+    )
+    print(f"shopvault: {role.value} {login} created.")
     return 0
+
+
+def create_admin_command(args: argparse.Namespace, settings: Settings) -> int:
+    return _create_operator_account(Role.ADMIN, args, settings)
+
+
+def create_auditor_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Auditors approve admins' changes, so the API cannot make them: only an operator here."""
+    return _create_operator_account(Role.AUDITOR, args, settings)
 
 
 # --- serve --------------------------------------------------------------------------------------
@@ -518,6 +538,14 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("login")
     admin.add_argument("--display-name", help="shown in the admin API (default: the login)")
     admin.set_defaults(handler=create_admin_command)
+
+    auditor = commands.add_parser(
+        "create-auditor",
+        help="create an auditor (approves admins' changes); the password is read from stdin",
+    )
+    auditor.add_argument("login")
+    auditor.add_argument("--display-name", help="shown in the admin API (default: the login)")
+    auditor.set_defaults(handler=create_auditor_command)
 
     serve = commands.add_parser("serve", help="serve the API with uvicorn")
     serve.add_argument("--host", default="127.0.0.1")

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     search_rate_limit: str = "30/10minutes"
     login_rate_limit: str = "10/5minutes"
     redis_url: str | None = None
+    # Keys in Redis start with this (several deployments, or test runs, may share one Redis).
+    redis_key_prefix: str = Field(default="shopvault", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     trusted_proxies: str = ""
 
     smtp_host: str = "localhost"

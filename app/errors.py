@@ -91,6 +91,18 @@ class ReasonRequired(Forbidden):
     default_detail = "This access needs X-Access-Reason."
 
 
+class PasswordChangeRequired(Forbidden):
+    slug, title = "password-change-required", "Password change required"
+    default_detail = (
+        "Your password was set by an administrator: set your own with POST /auth/password first."
+    )
+
+
+class OwnAccountApproval(Forbidden):
+    slug, title = "own-account-approval", "Approval of your own account"
+    default_detail = "No one approves a change to their own account; another auditor must."
+
+
 class NotFound(Problem):
     status, slug, title = 404, "not-found", "Not found"
     default_detail = "No such resource."
@@ -115,8 +127,21 @@ class RateLimited(Problem):
     status, slug, title = 429, "rate-limited", "Too many requests"
     default_detail = "Too many requests; retry later."
 
-    def __init__(self, retry_after: int, detail: str | None = None) -> None:
-        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
+    def __init__(
+        self,
+        retry_after: int,
+        detail: str | None = None,
+        *,
+        audit_event: EventDraft | None = None,
+        kind: str | None = None,
+    ) -> None:
+        super().__init__(
+            detail, headers={"Retry-After": str(max(1, retry_after))}, audit_event=audit_event
+        )
+        self.retry_after = max(1, retry_after)
+        # What was limited (``login``, ``search``…): refusals are summarised per caller and kind
+        # (``app/audit/refusals.py``); by default the kind is read from the event.
+        self.kind = kind
 
 
 class DataIntegrityFailure(Problem):

@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await ensure_service_keys(runtime)
         yield
+        await runtime.refusals.close()
         await runtime.engine.dispose()
 
     app = FastAPIOffline(

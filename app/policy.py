@@ -149,6 +149,8 @@ class Operation(StrEnum):
     REQUEST_PRESENCE_CODE = "request_presence_code"
     WORK_VISITS = "work_visits"
     ADMINISTER = "administer"
+    READ_ACCOUNTS = "read_accounts"
+    APPROVE_ACCOUNTS = "approve_accounts"
     READ_AUDIT_LOG = "read_audit_log"
 
 
@@ -243,6 +245,16 @@ OPERATIONS: Mapping[Operation, OperationRule] = {
         Action.ADMIN,
         frozenset({Role.ADMIN}),
         None,
+    ),
+    Operation.READ_ACCOUNTS: OperationRule(
+        "list staff and system clients (who may reach what)",
+        Action.ADMIN,
+        frozenset({Role.ADMIN, Role.AUDITOR}),
+        None,
+    ),
+    # Maker–checker: an admin's change that opens a way to customer data waits for an auditor.
+    Operation.APPROVE_ACCOUNTS: OperationRule(
+        "approve a pending staff or client change", Action.ADMIN, frozenset({Role.AUDITOR}), None
     ),
     Operation.READ_AUDIT_LOG: OperationRule(
         "read access events", Action.READ, frozenset({Role.AUDITOR}), frozenset({Purpose.AUDIT})

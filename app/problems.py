@@ -10,11 +10,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.auth.tokens import SELF_SERVICE_PATHS
 from app.crypto import DecryptionError
 from app.errors import (
     PROBLEM_MEDIA_TYPE,
     DataIntegrityFailure,
     NotFound,
+    PasswordChangeRequired,
     Problem,
     Unauthorized,
     ValidationFailed,
@@ -73,18 +75,21 @@ async def _on_problem(_request: Request, exc: Exception) -> ProblemResponse:
 _PUBLIC_BODY_ROUTES = frozenset({"/auth/token"})
 
 
-def _token_refusal(request: Request) -> Unauthorized | None:
+def _token_refusal(request: Request) -> Problem | None:
     """FastAPI parses the body before any dependency runs; the check order still puts the token
-    first, so an invalid body from a caller without a valid token is answered ``401``."""
+    first, so an invalid body from a caller without a valid token is answered ``401`` (and one
+    from a caller who must first change their password, ``403``)."""
     if request.url.path in _PUBLIC_BODY_ROUTES:
         return None
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         return Unauthorized()
     try:
-        request.app.state.runtime.tokens.decode(token)
+        claims = request.app.state.runtime.tokens.decode(token)
     except Unauthorized as refused:
         return refused
+    if claims.password_change_required and request.url.path not in SELF_SERVICE_PATHS:
+        return PasswordChangeRequired()
     return None
 
 

@@ -16,3 +16,5 @@ class Role(StrEnum):
 STORE_ROLES = frozenset({Role.SALES, Role.TECHNICIAN, Role.MANAGER})
 STAFF_ROLES = frozenset({*STORE_ROLES, Role.AUDITOR, Role.ADMIN})
 CLIENT_ROLES = frozenset({Role.BILLING_SYSTEM, Role.FRAUD_SYSTEM})
+# System clients whose role reads personal data: an admin's change to one waits for an auditor.
+PERSONAL_DATA_CLIENT_ROLES = frozenset({Role.BILLING_SYSTEM, Role.FRAUD_SYSTEM})

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.audit.chain import derive_chain_key
+from app.audit.refusals import RefusalSummaries
 from app.audit.repository import AuditLog
 from app.auth.tokens import TokenCodec
 from app.blind_index import BlindIndex
@@ -27,6 +28,7 @@ class Runtime:
     sessions: async_sessionmaker[AsyncSession]
     tokens: TokenCodec
     limits: RateLimits
+    refusals: RefusalSummaries
     chain_key: bytes
     idempotency_key: bytes
     audit_log: AuditLog
@@ -49,7 +51,8 @@ class Runtime:
                 audience=settings.jwt_audience,
                 ttl_seconds=settings.token_ttl_seconds,
             ),
-            limits=RateLimits(settings.redis_url),
+            limits=RateLimits(settings.redis_url, key_prefix=settings.redis_key_prefix),
+            refusals=RefusalSummaries.build(settings.redis_url, settings.redis_key_prefix),
             chain_key=chain_key,
             idempotency_key=derive_fingerprint_key(keys.index),
             audit_log=AuditLog(chain_key),

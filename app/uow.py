@@ -7,38 +7,77 @@ has built its response and before a byte of it is sent: a failed commit becomes 
 no data, never a lost error after the data has left.
 
 A refusal that must be recorded (``Problem.audit_event``) rolls back the request's work, then
-commits only that event before the refusal is answered.
+commits only that event before the refusal is answered. A rate-limit refusal (``RateLimited``)
+goes through ``app/audit/refusals.py`` instead: only the first of its window is recorded at once,
+and the summaries of passed windows ride along with the next events this unit of work appends.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.events import EventDraft
+from app.audit.refusals import RefusalSummaries
 from app.audit.repository import AuditLog
 from app.auth import repository as auth_repository
 from app.auth.tokens import Principal
-from app.errors import AuditUnavailable, Problem, ServiceUnavailable, Unauthorized
+from app.client_address import Network, client_address, limit_key
+from app.errors import AuditUnavailable, Problem, RateLimited, ServiceUnavailable, Unauthorized
 from app.kit.deps import RuntimeDep
 from app.models.base import utcnow
 from app.request_context import current_request_id
 
 
 class UnitOfWork:
-    def __init__(self, session: AsyncSession, audit_log: AuditLog) -> None:
+    def __init__(
+        self,
+        session: AsyncSession,
+        audit_log: AuditLog,
+        *,
+        refusals: RefusalSummaries | None = None,
+        request: Request | None = None,
+        trusted_proxies: Sequence[Network] = (),
+    ) -> None:
         self.session = session
         self._audit_log = audit_log
+        self._refusals = refusals
+        self._request = request
+        self._trusted_proxies = trusted_proxies
+        self._client_address: str | None = None
         self._events: list[EventDraft] = []
         self._principal: Principal | None = None
         self._principal_verified = False
 
     def record(self, event: EventDraft) -> None:
         self._events.append(event)
+
+    def client_address(self) -> str:
+        """The address of the client (see ``app/client_address.py``); "cli" off the web."""
+        if self._client_address is None:
+            if self._request is None:
+                self._client_address = "cli"
+            else:
+                peer = self._request.client.host if self._request.client else None
+                forwarded = self._request.headers.getlist("x-forwarded-for")
+                self._client_address = client_address(peer, forwarded, self._trusted_proxies)
+        return self._client_address
+
+    def route(self) -> str:
+        """The route template of the request (``customers/{customer_id}``), for events."""
+        route = self._request.scope.get("route") if self._request is not None else None
+        path = getattr(route, "path", None)
+        return path.lstrip("/") if isinstance(path, str) else "unmatched"
+
+    async def end_reads(self) -> None:
+        """End the transaction so far, which has only read. Slow work that follows (Argon2)
+        then holds no database lock: on SQLite every transaction holds the write lock."""
+        if self.session.in_transaction():
+            await self.rollback()
 
     def bind_principal(self, principal: Principal) -> None:
         self._principal = principal
@@ -63,24 +102,34 @@ class UnitOfWork:
             await self.rollback()
             raise ServiceUnavailable() from exc
         events, self._events = self._events, []
+        # Only a unit of work that appends anyway carries the summaries (no write of its own).
+        summaries = await self._refusals.due() if events and self._refusals is not None else []
         try:
             await self._audit_log.commit(
-                self.session, events, request_id=current_request_id(), at=utcnow()
+                self.session, [*summaries, *events], request_id=current_request_id(), at=utcnow()
             )
         except SQLAlchemyError as exc:
             await self.rollback()
+            if summaries and self._refusals is not None:
+                await self._refusals.put_back(summaries)
             raise AuditUnavailable() from exc
 
     async def fail(self, problem: Problem) -> None:
-        """Roll back; then, for a valid caller, commit the refusal's own event if it has one."""
+        """Roll back; then, for a valid caller, commit the refusal's own event if it has one
+        (a rate-limit refusal's only if it is the first of its window)."""
         await self.rollback()
         self._events = []
         try:
             await self.verify_principal()
         except SQLAlchemyError as exc:
             raise ServiceUnavailable() from exc
-        if problem.audit_event is not None:
-            self.record(problem.audit_event)
+        event = problem.audit_event
+        if event is not None and isinstance(problem, RateLimited) and self._refusals is not None:
+            event = await self._refusals.admit(
+                problem, event, lambda: limit_key(self.client_address())
+            )
+        if event is not None:
+            self.record(event)
             await self.commit()
 
     async def rollback(self) -> None:
@@ -91,9 +140,15 @@ class UnitOfWork:
             await self.session.invalidate()
 
 
-async def unit_of_work(runtime: RuntimeDep) -> AsyncIterator[UnitOfWork]:
+async def unit_of_work(runtime: RuntimeDep, request: Request) -> AsyncIterator[UnitOfWork]:
     async with runtime.sessions() as session:
-        uow = UnitOfWork(session, runtime.audit_log)
+        uow = UnitOfWork(
+            session,
+            runtime.audit_log,
+            refusals=runtime.refusals,
+            request=request,
+            trusted_proxies=runtime.settings.trusted_proxy_networks,
+        )
         try:
             yield uow
         except Problem as problem:

@@ -1,6 +1,7 @@
-"""The benchmark's world: a fresh PostgreSQL database, migrated, with one store, one ``sales``
-member, and one customer registered within an open visit, all made through the real API (the
-first admin through the real CLI, as an operator would make it)."""
+"""The benchmark's world: a fresh database, migrated, with one store, one ``sales`` member, and
+one customer registered within an open visit, all made through the real API (the first admin
+and the auditor who approves the admin's changes through the real CLI, as an operator would make
+them)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 STORE_CODE = "B001"
 ADMIN_LOGIN = "bench-admin"
+AUDITOR_LOGIN = "bench-auditor"
 SALES_LOGIN = "bench-sales"
 TERMINAL = "POS-BENCH-01"
 TOKEN_TTL_SECONDS = 3600  # outlives any run; the token is issued once, before the load
@@ -101,9 +103,9 @@ def _login(client: TestClient, login: str, password: str, terminal: str | None =
     return str(token["access_token"])
 
 
-def _create_admin(env: dict[str, str], password: str) -> None:
+def _create_operator_account(env: dict[str, str], command: str, login: str, password: str) -> None:
     subprocess.run(
-        [sys.executable, "-m", "app.cli", "create-admin", ADMIN_LOGIN],
+        [sys.executable, "-m", "app.cli", command, login],
         input=password + "\n",
         text=True,
         env={**os.environ, **env},
@@ -118,8 +120,11 @@ def seed_real(env: dict[str, str]) -> RealTarget:
     """Migrate, then build the world through the CLI and the HTTP API; returns the hot read."""
     migrate.upgrade(env["SHOPVAULT_DATABASE_URL"])
     admin_password = secrets.token_urlsafe(18)
+    auditor_password = secrets.token_urlsafe(18)
+    temporary_password = secrets.token_urlsafe(18)
     sales_password = secrets.token_urlsafe(18)
-    _create_admin(env, admin_password)
+    _create_operator_account(env, "create-admin", ADMIN_LOGIN, admin_password)
+    _create_operator_account(env, "create-auditor", AUDITOR_LOGIN, auditor_password)
     settings = Settings.model_validate(
         {key.removeprefix("SHOPVAULT_").lower(): value for key, value in env.items()}
     )
@@ -136,10 +141,18 @@ def seed_real(env: dict[str, str]) -> RealTarget:
             "display_name": "ベンチ 販売",
             "role": "sales",
             "store": STORE_CODE,
-            "password": sales_password,
+            "password": temporary_password,
         }
-        _expect(client.post("/staff", json=member, headers=admin), 201, "create staff")
-        token = _login(client, SALES_LOGIN, sales_password, terminal=TERMINAL)
+        staff = _expect(client.post("/staff", json=member, headers=admin), 201, "create staff")
+        auditor = {"Authorization": f"Bearer {_login(client, AUDITOR_LOGIN, auditor_password)}"}
+        approval = client.post(f"/staff/{staff['id']}/approve", headers=auditor)
+        _expect(approval, 200, "approve staff")
+        temporary = _login(client, SALES_LOGIN, temporary_password, terminal=TERMINAL)
+        change = {"current": temporary_password, "new": sales_password}
+        changed = client.post(
+            "/auth/password", json=change, headers={"Authorization": f"Bearer {temporary}"}
+        )
+        token = _expect(changed, 200, "set own password")["access_token"]
         sales = {"Authorization": f"Bearer {token}"}
         visit = _expect(
             client.post("/visits", json={"type": "new_contract"}, headers=sales), 201, "visit"

@@ -3,7 +3,9 @@ built by its factory, and an HTTP client that goes through the whole ASGI stack.
 
 from __future__ import annotations
 
+import os
 import secrets
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
@@ -24,6 +27,8 @@ warnings.filterwarnings("ignore", message=".*httpx2.*")
 from fastapi.testclient import TestClient  # noqa: E402
 
 BACKENDS = ["sqlite", "postgres"]
+REDIS_ENV = "SHOPVAULT_TEST_REDIS_URL"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def pytest_report_header() -> str:
@@ -104,6 +109,26 @@ def make_settings(
 @pytest.fixture
 def settings(make_settings: SettingsFactory) -> Settings:
     return make_settings()
+
+
+@pytest.fixture
+def redis_settings() -> Iterator[dict[str, str]]:
+    """Settings for a shared Redis (``SHOPVAULT_TEST_REDIS_URL``, else the local one), under a
+    key prefix of this test's own; its keys are deleted afterwards. Skipped when no Redis
+    answers, unless the variable is set (then the test fails)."""
+    url = os.environ.get(REDIS_ENV) or DEFAULT_REDIS_URL
+    connection = redis.Redis.from_url(url)
+    try:
+        connection.ping()
+    except redis.ConnectionError:
+        if os.environ.get(REDIS_ENV):
+            raise
+        pytest.skip(f"no Redis at {url} (set {REDIS_ENV})")
+    prefix = f"sv-test-{uuid.uuid4().hex[:12]}"
+    yield {"redis_url": url, "redis_key_prefix": prefix}
+    for key in connection.scan_iter(f"{prefix}:*"):
+        connection.delete(key)
+    connection.close()
 
 
 @pytest.fixture

@@ -54,6 +54,14 @@ def _post_client(
     return dict(response.json())
 
 
+def _approve(client: TestClient, auditor: dict[str, str], path: str) -> dict[str, Any]:
+    """An auditor approves the pending change of ``staff/<id>`` or ``clients/<id>``."""
+    response = client.post(f"/{path}/approve", headers=auditor)
+    assert response.status_code == 200, response.text
+    assert response.json()["pending_approval"] is False
+    return dict(response.json())
+
+
 def _id_of(client: TestClient, admin: dict[str, str], path: str, key: str, value: str) -> str:
     items = client.get(path, params={"limit": 500}, headers=admin).json()["items"]
     return str(next(item["id"] for item in items if item[key] == value))
@@ -224,7 +232,7 @@ def test_duplicate_caught_by_the_database_is_still_409(
     staff = {
         "login": cast.AUDITOR.login,
         "display_name": "重複",
-        "role": "auditor",
+        "role": "admin",
         "password": NEW_PASSWORD,
     }
     assert client.post("/staff", json=staff, headers=admin).status_code == 409
@@ -301,13 +309,15 @@ def test_only_admins_administer_and_refusals_are_recorded(
         "role": "admin",
         "password": NEW_PASSWORD,
     }
-    requests: list[tuple[str, str, dict[str, Any] | None]] = [
+    reads: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("GET", "/staff", None),
+        ("GET", "/clients", None),
+    ]
+    writes: list[tuple[str, str, dict[str, Any] | None]] = [
         ("GET", "/stores", None),
         ("POST", "/stores", {"code": "S066", "name": "店", "opening_hours": HOURS}),
-        ("GET", "/staff", None),
         ("POST", "/staff", staff_body),
         ("PATCH", "/staff/anyone", {"active": False}),
-        ("GET", "/clients", None),
         ("POST", "/clients", {"name": "intruder", "role": "fraud_system"}),
         ("PATCH", "/clients/anyone", {"active": False}),
         ("POST", "/clients/anyone/secret", None),
@@ -315,25 +325,49 @@ def test_only_admins_administer_and_refusals_are_recorded(
         ("POST", "/stores", {"unknown": "field"}),
         ("GET", "/staff?limit=0&cursor=bad", None),
     ]
+    approvals: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("POST", "/staff/anyone/approve", None),
+        ("POST", "/clients/anyone/approve", None),
+    ]
     before = _counts(db)
-    callers = {
-        member.login: as_member(member) for member in (cast.SALES, cast.MANAGER, cast.AUDITOR)
+    refused = {
+        cast.SALES.login: (as_member(cast.SALES), reads + writes + approvals),
+        cast.MANAGER.login: (as_member(cast.MANAGER), reads + writes + approvals),
+        cast.BILLING.name: (login_client(client, cast.BILLING), reads + writes + approvals),
+        # Auditors read the lists and approve, but change nothing.
+        cast.AUDITOR.login: (as_member(cast.AUDITOR), writes[:-1]),
+        # Admins change, but never approve.
+        cast.ADMIN.login: (as_member(cast.ADMIN), approvals),
     }
-    callers[cast.BILLING.name] = login_client(client, cast.BILLING)
-    for headers in callers.values():
+    for headers, requests in refused.values():
         for method, path, body in requests:
             response = client.request(method, path, json=body, headers=headers)
             assert response.status_code == 403, (method, path)
             assert response.json()["type"] == "/problems/forbidden"
-    for method, path, body in requests:
+    for method, path, body in reads + writes + approvals:
         assert client.request(method, path, json=body).status_code == 401
 
     assert _counts(db) == before
     events = _admin_events(db)
-    for name in callers:
-        refused = [event for event in events if event[0] == name]
-        assert len(refused) == len(requests)
-        assert {event[3] for event in refused} == {"denied"}
+    for name, (_headers, requests) in refused.items():
+        denied = [event for event in events if event[0] == name and event[3] == "denied"]
+        assert len(denied) == len(requests), name
+
+
+def test_auditors_read_the_staff_and_client_lists(
+    client: TestClient, as_member: AsMember, db: Engine
+) -> None:
+    auditor = as_member(cast.AUDITOR)
+    staff = client.get("/staff", params={"limit": 500}, headers=auditor)
+    clients = client.get("/clients", headers=auditor)
+    assert staff.status_code == clients.status_code == 200
+    assert {item["login"] for item in staff.json()["items"]} == {m.login for m in cast.STAFF}
+    assert {item["name"] for item in clients.json()["items"]} == {c.name for c in cast.CLIENTS}
+    reads = [event for event in _admin_events(db) if event[0] == cast.AUDITOR.login]
+    assert {(event[2], event[3]) for event in reads} == {
+        ("staff", "allowed"),
+        ("clients", "allowed"),
+    }
 
 
 # --- staff --------------------------------------------------------------------------------------
@@ -358,11 +392,15 @@ def test_admin_actions_are_recorded_without_passwords_or_secrets(
 
     events = _admin_events(db)
     assert {event[:2] + event[3:4] for event in events} == {("admin", "admin", "allowed")}
-    by_resource = {event[2]: event[4] for event in events}
-    assert by_resource[f"staff/{member['id']}"] == ["display_name", "password"]
-    assert by_resource[f"clients/{system['id']}/secret"] == ["client_secret"]
-    assert f"clients/{system['id']}" in by_resource
-    assert {"staff", "clients"} <= set(by_resource)
+    changes = [(event[2], event[4]) for event in events]
+    assert changes[:2] == [
+        (f"staff/{member['id']}", ["pending_approval"]),
+        (f"staff/{member['id']}", ["display_name", "password", "pending_approval"]),
+    ]
+    assert (f"clients/{system['id']}", ["pending_approval"]) in changes
+    secret_change = ["client_secret", "pending_approval"]
+    assert (f"clients/{system['id']}/secret", secret_change) in changes
+    assert {"staff", "clients"} <= {resource for resource, _ in changes}
 
     with db.connect() as connection:
         rows = connection.execute(select(*AccessEvent.__table__.columns)).all()
@@ -386,6 +424,7 @@ def test_staff_passwords_are_write_only(client: TestClient, as_member: AsMember)
         "role",
         "store",
         "active",
+        "pending_approval",
         "created_at",
         "updated_at",
     }
@@ -400,33 +439,43 @@ def test_staff_passwords_are_write_only(client: TestClient, as_member: AsMember)
         assert "password" not in text and "argon2" not in text
 
 
-def test_new_staff_member_logs_in_with_the_admins_password(
+def test_new_staff_member_logs_in_once_an_auditor_approves(
     client: TestClient, as_member: AsMember
 ) -> None:
-    admin = as_member(cast.ADMIN)
+    admin, auditor = as_member(cast.ADMIN), as_member(cast.AUDITOR)
     created = _post_staff(client, admin, "newbie.mgr", role="manager", store="S002")
     assert (created["role"], created["store"], created["active"]) == ("manager", "S002", True)
-    headers = _bearer(client, _staff_form("newbie.mgr", NEW_PASSWORD))
+    assert created["pending_approval"] is True
+    assert _staff_login(client, "newbie.mgr", NEW_PASSWORD) == 401
+
+    _approve(client, auditor, f"staff/{created['id']}")
+    token = client.post("/auth/token", data=_staff_form("newbie.mgr", NEW_PASSWORD)).json()
+    assert token["password_change_required"] is True
+    headers = {"Authorization": f"Bearer {token['access_token']}"}
     me = client.get("/auth/me", headers=headers).json()
     assert (me["login"], me["role"], me["store"]) == ("newbie.mgr", "manager", "S002")
-    auditor = _post_staff(client, admin, "newbie.audit", role="auditor", store=None)
-    assert auditor["store"] is None
 
 
 def test_deactivated_staff_lose_their_tokens_and_cannot_log_in(
     client: TestClient, as_member: AsMember
 ) -> None:
-    admin = as_member(cast.ADMIN)
+    admin, auditor = as_member(cast.ADMIN), as_member(cast.AUDITOR)
     sales = as_member(cast.SALES)
     assert _me(client, sales) == 200
     sales_id = _id_of(client, admin, "/staff", "login", cast.SALES.login)
 
+    # Taking access away needs no approval: it takes effect at once.
     response = client.patch(f"/staff/{sales_id}", json={"active": False}, headers=admin)
     assert response.status_code == 200 and response.json()["active"] is False
+    assert response.json()["pending_approval"] is False
     assert _me(client, sales) == 401
     assert _staff_login(client, cast.SALES.login, cast.SALES.password) == 401
 
-    client.patch(f"/staff/{sales_id}", json={"active": True}, headers=admin)
+    # Giving it back does.
+    again = client.patch(f"/staff/{sales_id}", json={"active": True}, headers=admin)
+    assert again.json()["pending_approval"] is True
+    assert _staff_login(client, cast.SALES.login, cast.SALES.password) == 401
+    _approve(client, auditor, f"staff/{sales_id}")
     assert _staff_login(client, cast.SALES.login, cast.SALES.password) == 200
     assert _me(client, sales) == 401
 
@@ -434,18 +483,22 @@ def test_deactivated_staff_lose_their_tokens_and_cannot_log_in(
 def test_password_change_by_admin_ends_existing_tokens(
     client: TestClient, as_member: AsMember
 ) -> None:
-    admin = as_member(cast.ADMIN)
+    admin, auditor = as_member(cast.ADMIN), as_member(cast.AUDITOR)
     sales = as_member(cast.SALES)
     sales_id = _id_of(client, admin, "/staff", "login", cast.SALES.login)
     response = client.patch(f"/staff/{sales_id}", json={"password": NEW_PASSWORD}, headers=admin)
     assert response.status_code == 200
+    assert response.json()["pending_approval"] is True
     assert _me(client, sales) == 401
+    assert _staff_login(client, cast.SALES.login, cast.SALES.password) == 401
+    assert _staff_login(client, cast.SALES.login, NEW_PASSWORD) == 401
+    _approve(client, auditor, f"staff/{sales_id}")
     assert _staff_login(client, cast.SALES.login, cast.SALES.password) == 401
     assert _staff_login(client, cast.SALES.login, NEW_PASSWORD) == 200
 
 
 def test_role_or_store_change_ends_existing_tokens(client: TestClient, as_member: AsMember) -> None:
-    admin = as_member(cast.ADMIN)
+    admin, auditor = as_member(cast.ADMIN), as_member(cast.AUDITOR)
     technician, manager, sales = (
         as_member(cast.TECHNICIAN),
         as_member(cast.MANAGER),
@@ -458,45 +511,55 @@ def test_role_or_store_change_ends_existing_tokens(client: TestClient, as_member
 
     promoted = client.patch(f"/staff/{ids['tech1']}", json={"role": "manager"}, headers=admin)
     assert promoted.status_code == 200 and promoted.json()["role"] == "manager"
+    assert promoted.json()["pending_approval"] is True
     assert _me(client, technician) == 401
+    assert _staff_login(client, cast.TECHNICIAN.login, cast.TECHNICIAN.password) == 401
+    _approve(client, auditor, f"staff/{ids['tech1']}")
+    me = client.get("/auth/me", headers=login(client, cast.TECHNICIAN)).json()
+    assert me["role"] == "manager"
 
     moved = client.patch(f"/staff/{ids['manager1']}", json={"store": "S002"}, headers=admin)
     assert moved.status_code == 200 and moved.json()["store"] == "S002"
     assert _me(client, manager) == 401
+    _approve(client, auditor, f"staff/{ids['manager1']}")
     me = client.get("/auth/me", headers=login(client, cast.MANAGER)).json()
     assert me["store"] == "S002"
 
-    to_auditor = {"role": "auditor", "store": None}
-    moved_out = client.patch(f"/staff/{ids['sales2']}", json=to_auditor, headers=admin)
+    to_admin = {"role": "admin", "store": None}
+    moved_out = client.patch(f"/staff/{ids['sales2']}", json=to_admin, headers=admin)
     assert moved_out.status_code == 200 and moved_out.json()["store"] is None
 
-    # A change that grants nothing new leaves the person's tokens alone.
+    # A change that grants nothing new leaves the person's tokens alone, and needs no approval.
     renamed = client.patch(f"/staff/{ids['sales1']}", json={"display_name": "改名"}, headers=admin)
-    assert renamed.status_code == 200
+    assert renamed.status_code == 200 and renamed.json()["pending_approval"] is False
     assert _me(client, sales) == 200
 
 
 def test_admin_cannot_lock_themselves_out(client: TestClient, as_member: AsMember) -> None:
     admin = as_member(cast.ADMIN)
     own_id = client.get("/auth/me", headers=admin).json()["id"]
-    for body in ({"active": False}, {"role": "auditor", "store": None}):
+    for body in ({"active": False}, {"role": "sales", "store": "S001"}, {"password": NEW_PASSWORD}):
         response = client.patch(f"/staff/{own_id}", json=body, headers=admin)
         assert response.status_code == 409
         assert response.json()["type"] == "/problems/conflict"
     assert _me(client, admin) == 200
     renamed = client.patch(f"/staff/{own_id}", json={"display_name": "管理者"}, headers=admin)
     assert renamed.status_code == 200 and renamed.json()["active"] is True
+    assert renamed.json()["pending_approval"] is False
 
 
 def test_unknown_ids_are_404(client: TestClient, as_member: AsMember) -> None:
     admin = as_member(cast.ADMIN)
     unknown = "00000000-0000-4000-8000-000000000000"
-    for method, path, body in (
-        ("PATCH", f"/staff/{unknown}", {"active": False}),
-        ("PATCH", f"/clients/{unknown}", {"active": False}),
-        ("POST", f"/clients/{unknown}/secret", None),
+    auditor = as_member(cast.AUDITOR)
+    for method, path, body, headers in (
+        ("PATCH", f"/staff/{unknown}", {"active": False}, admin),
+        ("PATCH", f"/clients/{unknown}", {"active": False}, admin),
+        ("POST", f"/clients/{unknown}/secret", None, admin),
+        ("POST", f"/staff/{unknown}/approve", None, auditor),
+        ("POST", f"/clients/{unknown}/approve", None, auditor),
     ):
-        response = client.request(method, path, json=body, headers=admin)
+        response = client.request(method, path, json=body, headers=headers)
         assert response.status_code == 404, path
         assert response.json()["type"] == "/problems/not-found"
 
@@ -507,21 +570,28 @@ def test_unknown_ids_are_404(client: TestClient, as_member: AsMember) -> None:
 def test_client_secret_is_shown_once_and_rotation_retires_the_old_one(
     client: TestClient, as_member: AsMember
 ) -> None:
-    admin = as_member(cast.ADMIN)
+    admin, auditor = as_member(cast.ADMIN), as_member(cast.AUDITOR)
     created = _post_client(client, admin, "crm-sync", role="fraud_system")
     assert created["client_id"] == "crm-sync" and created["role"] == "fraud_system"
+    assert created["pending_approval"] is True
     first_secret = created["client_secret"]
+    assert _client_login(client, "crm-sync", first_secret) == 401
+    _approve(client, auditor, f"clients/{created['id']}")
     assert _client_login(client, "crm-sync", first_secret) == 200
     old_headers = _bearer(client, _client_form("crm-sync", first_secret))
     assert _me(client, old_headers) == 200
 
     rotated = client.post(f"/clients/{created['id']}/secret", headers=admin)
     assert rotated.status_code == 200
+    assert rotated.json()["pending_approval"] is True
     new_secret = rotated.json()["client_secret"]
     assert new_secret != first_secret
+    assert _me(client, old_headers) == 401
+    assert _client_login(client, "crm-sync", first_secret) == 401
+    assert _client_login(client, "crm-sync", new_secret) == 401
+    _approve(client, auditor, f"clients/{created['id']}")
     assert _client_login(client, "crm-sync", first_secret) == 401
     assert _client_login(client, "crm-sync", new_secret) == 200
-    assert _me(client, old_headers) == 401
 
     listed = client.get("/clients", headers=admin)
     patched = client.patch(f"/clients/{created['id']}", json={"active": True}, headers=admin)
@@ -532,19 +602,27 @@ def test_client_secret_is_shown_once_and_rotation_retires_the_old_one(
 def test_client_deactivation_or_role_change_ends_its_tokens(
     client: TestClient, as_member: AsMember
 ) -> None:
-    admin = as_member(cast.ADMIN)
+    admin, auditor = as_member(cast.ADMIN), as_member(cast.AUDITOR)
     billing, fraud = login_client(client, cast.BILLING), login_client(client, cast.FRAUD)
     billing_id = _id_of(client, admin, "/clients", "name", cast.BILLING.name)
     fraud_id = _id_of(client, admin, "/clients", "name", cast.FRAUD.name)
 
     off = client.patch(f"/clients/{billing_id}", json={"active": False}, headers=admin)
     assert off.status_code == 200 and off.json()["active"] is False
+    assert off.json()["pending_approval"] is False
     assert _me(client, billing) == 401
     assert _client_login(client, cast.BILLING.name, cast.BILLING.secret) == 401
+    back = client.patch(f"/clients/{billing_id}", json={"active": True}, headers=admin)
+    assert back.json()["pending_approval"] is True
+    assert _client_login(client, cast.BILLING.name, cast.BILLING.secret) == 401
+    _approve(client, auditor, f"clients/{billing_id}")
+    assert _client_login(client, cast.BILLING.name, cast.BILLING.secret) == 200
 
     changed = client.patch(f"/clients/{fraud_id}", json={"role": "billing_system"}, headers=admin)
-    assert changed.status_code == 200
+    assert changed.status_code == 200 and changed.json()["pending_approval"] is True
     assert _me(client, fraud) == 401
+    assert _client_login(client, cast.FRAUD.name, cast.FRAUD.secret) == 401
+    _approve(client, auditor, f"clients/{fraud_id}")
     me = client.get("/auth/me", headers=login_client(client, cast.FRAUD)).json()
     assert me["role"] == "billing_system"
 
@@ -557,6 +635,8 @@ def test_openapi_declares_the_admin_errors(client: TestClient) -> None:
         ("/staff", "get"): {"401", "403", "422"},
         ("/staff/{staff_id}", "patch"): {"401", "403", "404", "409", "422"},
         ("/clients/{client_id}/secret", "post"): {"401", "403", "404"},
+        ("/staff/{staff_id}/approve", "post"): {"401", "403", "404", "409"},
+        ("/clients/{client_id}/approve", "post"): {"401", "403", "404", "409"},
     }
     for (path, method), statuses in expected.items():
         responses = paths[path][method]["responses"]

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from jose import jwt
-from pydantic import SecretStr
 from sqlalchemy import Engine, text
 
-from app.auth.service import client_address
+from app.client_address import client_address, limit_key
 from app.config import Settings
 from app.main import create_app
-from app.runtime import Runtime
 from tests import cast
 from tests.conftest import SettingsFactory, login, login_client
 
@@ -366,27 +363,44 @@ def test_spoofed_hops_before_a_trusted_proxy_do_not_change_the_address(
 @pytest.mark.parametrize(
     ("peer", "forwarded", "trusted", "expected"),
     [
-        ("198.51.100.7", "203.0.113.1", "", "198.51.100.7"),
-        ("198.51.100.7", "203.0.113.1", "10.0.0.0/8", "198.51.100.7"),
-        ("10.0.0.1", "203.0.113.1", "10.0.0.0/8", "203.0.113.1"),
-        ("10.0.0.1", "192.0.2.9, 203.0.113.1, 10.0.0.2", "10.0.0.0/8", "203.0.113.1"),
-        ("10.0.0.1", None, "10.0.0.0/8", "10.0.0.1"),
-        ("10.0.0.1", "10.0.0.3, 10.0.0.2", "10.0.0.0/8", "10.0.0.3"),
-        ("::1", "2001:db8::5", "::1/128", "2001:db8::5"),
-        ("testclient", "203.0.113.1", "10.0.0.0/8", "testclient"),
-        (None, "203.0.113.1", "10.0.0.0/8", "unknown"),
+        ("198.51.100.7", ["203.0.113.1"], "", "198.51.100.7"),
+        ("198.51.100.7", ["203.0.113.1"], "10.0.0.0/8", "198.51.100.7"),
+        ("10.0.0.1", ["203.0.113.1"], "10.0.0.0/8", "203.0.113.1"),
+        ("10.0.0.1", ["192.0.2.9, 203.0.113.1, 10.0.0.2"], "10.0.0.0/8", "203.0.113.1"),
+        ("10.0.0.1", [], "10.0.0.0/8", "10.0.0.1"),
+        ("10.0.0.1", ["10.0.0.3, 10.0.0.2"], "10.0.0.0/8", "10.0.0.3"),
+        ("::1", ["2001:db8::5"], "::1/128", "2001:db8::5"),
+        ("testclient", ["203.0.113.1"], "10.0.0.0/8", "testclient"),
+        (None, ["203.0.113.1"], "10.0.0.0/8", "unknown"),
+        # Several header lines are one list: the last line holds the nearest hops.
+        ("10.0.0.1", ["192.0.2.9", "203.0.113.1, 10.0.0.2"], "10.0.0.0/8", "203.0.113.1"),
+        ("10.0.0.1", ["203.0.113.1, 10.0.0.2", "10.0.0.3"], "10.0.0.0/8", "203.0.113.1"),
+        ("10.0.0.1", ["192.0.2.9, 203.0.113.1", ""], "10.0.0.0/8", "203.0.113.1"),
+        # A spoofed entry in an earlier line does not help a client behind two proxies.
+        ("10.0.0.1", ["6.6.6.6", "203.0.113.1", "10.0.0.2"], "10.0.0.0/8", "203.0.113.1"),
+        ("::ffff:10.0.0.1", ["203.0.113.1"], "10.0.0.0/8", "203.0.113.1"),
     ],
 )
 def test_client_address(
-    tmp_path: Path,
-    test_keys: dict[str, SecretStr],
-    peer: str | None,
-    forwarded: str | None,
-    trusted: str,
-    expected: str,
+    peer: str | None, forwarded: list[str], trusted: str, expected: str
 ) -> None:
-    settings = Settings(data_dir=tmp_path, trusted_proxies=trusted, **test_keys)
-    assert client_address(peer, forwarded, Runtime.build(settings)) == expected
+    networks = Settings(trusted_proxies=trusted).trusted_proxy_networks
+    assert client_address(peer, forwarded, networks) == expected
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("203.0.113.1", "203.0.113.1"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::ffff", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::ffff:203.0.113.1", "203.0.113.1"),
+        ("testclient", "testclient"),
+    ],
+)
+def test_ipv6_addresses_are_limited_per_64(address: str, key: str) -> None:
+    assert limit_key(address) == key
 
 
 def test_successful_logins_are_not_throttled(app_client: Callable[..., TestClient]) -> None:
@@ -521,6 +535,7 @@ def test_me_for_staff(
         "login": member.login,
         "role": member.role,
         "store": store,
+        "password_change_required": False,
     }
 
 

@@ -232,6 +232,52 @@ def test_create_admin_creates_an_admin_who_can_log_in_and_records_it(migrated: C
         token_for(client, "root", password)
 
 
+def test_create_auditor_makes_an_auditor_at_once_with_their_own_password(migrated: Cli) -> None:
+    """Only the machine makes auditors (the API refuses the role); no approval is needed, and
+    the password the operator typed is not temporary."""
+    password = "an-auditors-passphrase"
+    created = migrated.call("create-auditor", "audit.chief", stdin=password + "\n")
+    assert created.returncode == 0, created.stderr
+    assert "auditor audit.chief created" in created.stdout
+    assert password not in created.stdout + created.stderr
+    with TestClient(create_app(migrated.settings())) as client:
+        token = client.post(
+            "/auth/token",
+            data={"grant_type": "password", "username": "audit.chief", "password": password},
+        )
+        assert token.status_code == 200, token.text
+        assert "password_change_required" not in token.json()
+        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        me = client.get("/auth/me", headers=headers).json()
+        assert (me["role"], me["store"], me["password_change_required"]) == (
+            "auditor",
+            None,
+            False,
+        )
+        assert client.get("/staff", params={"pending": "true"}, headers=headers).status_code == 200
+    engine = create_sync_engine(migrated.database_url)
+    with engine.connect() as connection:
+        row = connection.execute(
+            select(Staff.pending_approval, Staff.password_expires_at, Staff.id).where(
+                Staff.login == "audit.chief"
+            )
+        ).one()
+        events = connection.execute(
+            select(AccessEvent.actor, AccessEvent.resource, AccessEvent.changed_fields).where(
+                AccessEvent.action == "admin", AccessEvent.actor == "cli"
+            )
+        ).all()
+    engine.dispose()
+    assert (row.pending_approval, row.password_expires_at) == (False, None)
+    assert [tuple(event) for event in events] == [("cli", f"staff/{row.id}", None)]
+
+    again = migrated.call("create-auditor", "audit.chief", stdin="another-long-passphrase\n")
+    assert "already exists" in assert_clean_refusal(again, 1)
+    weak = migrated.call("create-auditor", "audit.two", stdin="short\n")
+    assert_clean_refusal(weak, 1)
+    assert migrated.count(Staff) == 1
+
+
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 @pytest.mark.parametrize(
     "password", ["short-pass1", "xx-root-is-in-it-xx", ""], ids=["short", "has-login", "empty"]
@@ -334,6 +380,7 @@ def test_demo_prints_working_credentials_and_if_new_adds_them_once(migrated: Cli
             headers = token_for(client, member["login"], member["password"])
             me = client.get("/auth/me", headers=headers).json()
             assert (me["role"], me["store"] or "-") == (member["role"], member["store"])
+            assert me["password_change_required"] is False  # no approval, not temporary
         for system in clients:
             response = client.post(
                 "/auth/token",

@@ -29,6 +29,7 @@ from app.keys import decode_key
 from app.main import create_app
 from app.models import AccessEvent, AccessEventCustomer, AuditChain
 from tests import cast, databases
+from tests.conftest import SettingsFactory
 
 CONCURRENT_REQUESTS = 20
 MEMBERS = list(cast.STAFF)
@@ -144,6 +145,13 @@ def test_sqlite_sync_transactions_begin_immediate(sqlite_url: str) -> None:
 
 
 # --- concurrent writers keep the chains consistent ---------------------------------------------
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory) -> Settings:
+    # These tests are about concurrent commits, not about the login limit, which counts the
+    # attempts in flight from one address (see test_logins_under_attack.py).
+    return make_settings(login_rate_limit="1000/minute")
 
 
 @pytest.fixture

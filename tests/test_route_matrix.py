@@ -96,6 +96,18 @@ class World:
         staff = self.client.get("/staff", headers=self.headers[Role.ADMIN]).json()["items"]
         return str(next(s["id"] for s in staff if s["login"] == cast.SALES_OTHER_STORE.login))
 
+    def pending_staff_id(self) -> str:
+        body = {
+            "login": f"pending{next(_counter)}",
+            "display_name": "テスト 承認待ち",
+            "role": "sales",
+            "store": "S002",
+            "password": "a-long-enough-passphrase",
+        }
+        response = self.client.post("/staff", json=body, headers=self.headers[Role.ADMIN])
+        assert response.status_code == 201 and response.json()["pending_approval"], response.text
+        return str(response.json()["id"])
+
     def client_id(self) -> str:
         body = {"name": f"matrix-client-{next(_counter)}", "role": "billing_system"}
         response = self.client.post("/clients", json=body, headers=self.headers[Role.ADMIN])
@@ -210,6 +222,8 @@ CALLS: dict[tuple[str, str], Call] = {
         ids=lambda w: {"client_id": w.client_id()}, body=lambda _w, _r: {"active": True}
     ),
     ("POST", "/clients/{client_id}/secret"): Call(ids=lambda w: {"client_id": w.client_id()}),
+    ("POST", "/staff/{staff_id}/approve"): Call(ids=lambda w: {"staff_id": w.pending_staff_id()}),
+    ("POST", "/clients/{client_id}/approve"): Call(ids=lambda w: {"client_id": w.client_id()}),
 }
 
 

@@ -20,7 +20,9 @@ DisplayText = Annotated[str, StringConstraints(strip_whitespace=True, min_length
 Password = Annotated[str, StringConstraints(min_length=12, max_length=256)]
 ClockTime = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
 
-StaffRole = Literal[Role.SALES, Role.TECHNICIAN, Role.MANAGER, Role.AUDITOR, Role.ADMIN]
+# Not `auditor`: auditors approve admins' changes, so only an operator on the machine makes them
+# (`shopvault create-auditor`).
+StaffRole = Literal[Role.SALES, Role.TECHNICIAN, Role.MANAGER, Role.ADMIN]
 ClientRole = Literal[Role.BILLING_SYSTEM, Role.FRAUD_SYSTEM]
 
 
@@ -79,7 +81,17 @@ class StoreOut(BaseModel):
 # --- staff --------------------------------------------------------------------------------------
 
 
+PENDING_DESCRIPTION = (
+    "True while an admin's change that opens a way to customer data (creation, re-activation, "
+    "role, store, password; for clients also a new secret) waits for an auditor's approval "
+    "(`POST …/approve`): until then the account cannot log in."
+)
+
+
 class StaffCreate(Body):
+    """A new member waits for an auditor's approval, and the password is temporary: it must be
+    replaced at the first login, and ends 72 hours after it was set."""
+
     login: Login
     display_name: DisplayText
     role: StaffRole
@@ -95,7 +107,8 @@ class StaffCreate(Body):
 
 class StaffPatch(Patch):
     """Any of these fields; the login never changes. A change of role, store or password, or a
-    deactivation, ends every token the person holds."""
+    deactivation, ends every token the person holds. A change of role, store or password, or a
+    re-activation, waits for an auditor's approval; a password set here is temporary."""
 
     nullable: ClassVar[frozenset[str]] = frozenset({"store"})
 
@@ -113,6 +126,7 @@ class StaffOut(BaseModel):
     role: Role
     store: str | None = Field(description="The store code; none for auditors and admins.")
     active: bool
+    pending_approval: bool = Field(description=PENDING_DESCRIPTION)
     created_at: datetime
     updated_at: datetime
 
@@ -140,6 +154,7 @@ class ClientOut(BaseModel):
     client_id: str = Field(description="What the client sends as `client_id`: its name.")
     role: Role
     active: bool
+    pending_approval: bool = Field(description=PENDING_DESCRIPTION)
     created_at: datetime
     updated_at: datetime
 

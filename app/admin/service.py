@@ -2,11 +2,18 @@
 
 A change that alters what someone may do (role, store, password, secret, deactivation) bumps
 their ``auth_epoch``, so every token they already hold stops working at once.
+
+Maker–checker: an admin's change that gives someone a way to customer data (creating,
+re-activating, or changing the role or store of a member; setting their password; creating,
+re-activating, re-keying or re-roling a client whose role reads personal data) leaves the account
+``pending_approval`` until an auditor approves it. A password an admin sets is temporary.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from sqlalchemy import ColumnElement
 
 from app.admin import repository
 from app.admin.repository import DuplicateKey, Listed
@@ -25,15 +32,20 @@ from app.admin.schemas import (
     StoreList,
     StoreOut,
 )
-from app.audit.events import Action, EventDraft
-from app.auth.passwords import hash_client_secret, hash_password_async, new_client_secret
+from app.audit.events import Action, EventDraft, denied_event
+from app.auth.passwords import (
+    TEMPORARY_PASSWORD_LIFETIME,
+    hash_client_secret,
+    hash_password_async,
+    new_client_secret,
+)
 from app.auth.service import check_password_policy
 from app.auth.tokens import Principal
-from app.errors import Conflict, NotFound, ValidationFailed
+from app.errors import Conflict, NotFound, OwnAccountApproval, ValidationFailed
 from app.kit.pagination import Keyset, PageRequest, cut_page
 from app.models import Staff, Store, SystemClient
 from app.models.base import utcnow
-from app.roles import STORE_ROLES, Role
+from app.roles import PERSONAL_DATA_CLIENT_ROLES, STORE_ROLES, Role
 from app.uow import UnitOfWork
 
 
@@ -54,10 +66,13 @@ def _record(
 
 
 async def _page(
-    uow: UnitOfWork, model: type[Listed], request: PageRequest
+    uow: UnitOfWork,
+    model: type[Listed],
+    request: PageRequest,
+    where: Sequence[ColumnElement[bool]] = (),
 ) -> tuple[list[Listed], str | None]:
     """One page of rows, newest first, and the cursor of the next page (if there is one)."""
-    rows = await repository.newest_first(uow.session, model, request)
+    rows = await repository.newest_first(uow.session, model, request, where)
     return cut_page(rows, request, lambda row: Keyset(row.created_at, row.id))
 
 
@@ -102,6 +117,10 @@ async def list_stores(uow: UnitOfWork, principal: Principal, request: PageReques
 
 # --- staff --------------------------------------------------------------------------------------
 
+# In ``changed_fields``, the mark of a change that waits for an auditor (the `privileged_change`
+# alert looks for it); an approval is recorded on ``…/approve`` with the same mark.
+PENDING = "pending_approval"
+
 
 def staff_out(staff: Staff) -> StaffOut:
     return StaffOut(
@@ -111,6 +130,7 @@ def staff_out(staff: Staff) -> StaffOut:
         role=Role(staff.role),
         store=staff.store.code if staff.store else None,
         active=staff.active,
+        pending_approval=staff.pending_approval,
         created_at=staff.created_at,
         updated_at=staff.updated_at,
     )
@@ -130,10 +150,18 @@ async def _store_for(uow: UnitOfWork, role: Role, code: str | None) -> Store | N
     return store
 
 
+async def _temporary_password_hash(password: str, login: str) -> str:
+    """A password an admin sets. Hashed before the request's transaction begins, so that Argon2
+    never runs while the request holds a database lock."""
+    check_password_policy(password, login)
+    return await hash_password_async(password)
+
+
 async def create_staff(uow: UnitOfWork, principal: Principal, body: StaffCreate) -> StaffOut:
+    """A new member waits for an auditor's approval, with a temporary password."""
+    password_hash = await _temporary_password_hash(body.password, body.login)
     await uow.verify_principal()
     store = await _store_for(uow, Role(body.role), body.store)
-    check_password_policy(body.password, body.login)
     duplicate = Conflict("A staff member with this login already exists.")
     if await repository.staff_login_taken(uow.session, body.login):
         raise duplicate
@@ -143,8 +171,10 @@ async def create_staff(uow: UnitOfWork, principal: Principal, body: StaffCreate)
         display_name=body.display_name,
         role=Role(body.role).value,
         store=store,
-        password_hash=await hash_password_async(body.password),
+        password_hash=password_hash,
+        password_expires_at=now + TEMPORARY_PASSWORD_LIFETIME,
         active=body.active,
+        pending_approval=True,
         auth_epoch=0,
         created_at=now,
         updated_at=now,
@@ -153,14 +183,16 @@ async def create_staff(uow: UnitOfWork, principal: Principal, body: StaffCreate)
         await repository.add(uow.session, staff)
     except DuplicateKey as exc:
         raise duplicate from exc
-    _record(uow, principal, f"staff/{staff.id}")
+    _record(uow, principal, f"staff/{staff.id}", [PENDING])
     return staff_out(staff)
 
 
-async def list_staff(uow: UnitOfWork, principal: Principal, request: PageRequest) -> StaffList:
+async def list_staff(
+    uow: UnitOfWork, principal: Principal, request: PageRequest, pending: bool | None = None
+) -> StaffList:
     await uow.verify_principal()
     _record(uow, principal, "staff")
-    rows, next_cursor = await _page(uow, Staff, request)
+    rows, next_cursor = await _page(uow, Staff, request, repository.pending_is(Staff, pending))
     return StaffList(items=[staff_out(row) for row in rows], next=next_cursor)
 
 
@@ -174,6 +206,12 @@ def _refuse_self_lockout(principal: Principal, staff: Staff, patch: StaffPatch) 
 async def update_staff(
     uow: UnitOfWork, principal: Principal, staff_id: str, patch: StaffPatch
 ) -> StaffOut:
+    password_hash = None
+    if patch.password is not None:
+        if principal.subject == staff_id:
+            raise Conflict("Change your own password with POST /auth/password.")
+        # The policy needs the login: checked again below, once the member is loaded.
+        password_hash = await hash_password_async(patch.password)
     await uow.verify_principal()
     staff = await repository.staff_by_id(uow.session, staff_id)
     if staff is None:
@@ -187,6 +225,7 @@ async def update_staff(
     code = patch.store if "store" in sent else current_code
     store = await _store_for(uow, role, code) if {"role", "store"} & sent else staff.store
 
+    now = utcnow()
     changed: list[str] = []
     if patch.display_name is not None and patch.display_name != staff.display_name:
         staff.display_name = patch.display_name
@@ -197,19 +236,46 @@ async def update_staff(
     if code != current_code:
         staff.store = store
         changed.append("store")
-    if patch.password is not None:
-        staff.password_hash = await hash_password_async(patch.password)
+    if password_hash is not None:
+        staff.password_hash = password_hash
+        staff.password_expires_at = now + TEMPORARY_PASSWORD_LIFETIME
         changed.append("password")
     if patch.active is not None and patch.active != staff.active:
         staff.active = patch.active
         changed.append("active")
 
+    # A way to customer data, given by an admin, waits for an auditor.
+    needs_approval = bool({"role", "store", "password"} & set(changed)) or (
+        "active" in changed and staff.active
+    )
+    if needs_approval:
+        staff.pending_approval = True
+        changed.append(PENDING)
     # What the person may do has changed: every token they hold must stop working.
-    if {"role", "store", "password"} & set(changed) or ("active" in changed and not staff.active):
-        staff.auth_epoch += 1
+    if needs_approval or "active" in changed:
+        repository.end_tokens(staff)
     if changed:
-        staff.updated_at = utcnow()
+        staff.updated_at = now
     _record(uow, principal, f"staff/{staff.id}", changed)
+    return staff_out(staff)
+
+
+async def approve_staff(uow: UnitOfWork, principal: Principal, staff_id: str) -> StaffOut:
+    """An auditor makes a pending change effective; never on their own account."""
+    await uow.verify_principal()
+    resource = f"staff/{staff_id}/approve"
+    if principal.subject == staff_id:
+        raise OwnAccountApproval(
+            audit_event=denied_event(
+                principal.actor, Action.ADMIN, resource, OwnAccountApproval.slug
+            )
+        )
+    staff = await repository.approve(uow.session, Staff, staff_id, utcnow())
+    if staff is None:
+        if await repository.staff_by_id(uow.session, staff_id) is None:
+            raise NotFound()
+        raise Conflict("Nothing to approve: the account is not pending approval.")
+    _record(uow, principal, resource, [PENDING])
     return staff_out(staff)
 
 
@@ -223,6 +289,7 @@ def client_out(client: SystemClient) -> ClientOut:
         client_id=client.name,
         role=Role(client.role),
         active=client.active,
+        pending_approval=client.pending_approval,
         created_at=client.created_at,
         updated_at=client.updated_at,
     )
@@ -230,6 +297,11 @@ def client_out(client: SystemClient) -> ClientOut:
 
 def _with_secret(client: SystemClient, secret: str) -> ClientWithSecret:
     return ClientWithSecret(**client_out(client).model_dump(), client_secret=secret)
+
+
+def _awaits_approval(role: str) -> bool:
+    # Every client role reads personal data today; a role that did not would need no approval.
+    return Role(role) in PERSONAL_DATA_CLIENT_ROLES
 
 
 async def create_client(
@@ -246,6 +318,7 @@ async def create_client(
         role=Role(body.role).value,
         secret_hash=hash_client_secret(secret),
         active=body.active,
+        pending_approval=_awaits_approval(body.role),
         auth_epoch=0,
         created_at=now,
         updated_at=now,
@@ -254,14 +327,17 @@ async def create_client(
         await repository.add(uow.session, client)
     except DuplicateKey as exc:
         raise duplicate from exc
-    _record(uow, principal, f"clients/{client.id}")
+    _record(uow, principal, f"clients/{client.id}", [PENDING] if client.pending_approval else None)
     return _with_secret(client, secret)
 
 
-async def list_clients(uow: UnitOfWork, principal: Principal, request: PageRequest) -> ClientList:
+async def list_clients(
+    uow: UnitOfWork, principal: Principal, request: PageRequest, pending: bool | None = None
+) -> ClientList:
     await uow.verify_principal()
     _record(uow, principal, "clients")
-    rows, next_cursor = await _page(uow, SystemClient, request)
+    where = repository.pending_is(SystemClient, pending)
+    rows, next_cursor = await _page(uow, SystemClient, request, where)
     return ClientList(items=[client_out(row) for row in rows], next=next_cursor)
 
 
@@ -284,8 +360,14 @@ async def update_client(
     if patch.active is not None and patch.active != client.active:
         client.active = patch.active
         changed.append("active")
-    if "role" in changed or ("active" in changed and not client.active):
-        client.auth_epoch += 1
+    needs_approval = ("role" in changed or ("active" in changed and client.active)) and (
+        _awaits_approval(client.role)
+    )
+    if needs_approval:
+        client.pending_approval = True
+        changed.append(PENDING)
+    if "role" in changed or "active" in changed:
+        repository.end_tokens(client)
     if changed:
         client.updated_at = utcnow()
     _record(uow, principal, f"clients/{client.id}", changed)
@@ -299,7 +381,22 @@ async def rotate_client_secret(
     client = await _existing_client(uow, client_id)
     secret = new_client_secret()
     client.secret_hash = hash_client_secret(secret)
-    client.auth_epoch += 1
+    changed = ["client_secret"]
+    if _awaits_approval(client.role):
+        client.pending_approval = True
+        changed.append(PENDING)
+    repository.end_tokens(client)
     client.updated_at = utcnow()
-    _record(uow, principal, f"clients/{client.id}/secret", ["client_secret"])
+    _record(uow, principal, f"clients/{client.id}/secret", changed)
     return _with_secret(client, secret)
+
+
+async def approve_client(uow: UnitOfWork, principal: Principal, client_id: str) -> ClientOut:
+    """An auditor makes a pending change of a system client effective."""
+    await uow.verify_principal()
+    client = await repository.approve(uow.session, SystemClient, client_id, utcnow())
+    if client is None:
+        await _existing_client(uow, client_id)
+        raise Conflict("Nothing to approve: the client is not pending approval.")
+    _record(uow, principal, f"clients/{client_id}/approve", [PENDING])
+    return client_out(client)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends
 from fastapi.security import OAuth2PasswordBearer
 
-from app.audit.events import Action, EventDraft, Outcome
+from app.audit.events import Action, denied_event
 from app.auth.tokens import Principal
-from app.errors import Forbidden, Unauthorized
+from app.errors import PasswordChangeRequired, Unauthorized
 from app.kit.deps import RuntimeDep
-from app.roles import Role
 from app.runtime import Runtime
 from app.uow import UnitOfWork, UnitOfWorkDep
 
@@ -22,13 +20,25 @@ oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 BearerToken = Annotated[str | None, Depends(oauth2_scheme)]
 
 
-def authenticate(runtime: Runtime, uow: UnitOfWork, token: str | None) -> Principal:
+def authenticate(
+    runtime: Runtime, uow: UnitOfWork, token: str | None, *, self_service: bool = False
+) -> Principal:
     """The token, strictly decoded, bound to the unit of work (which checks it against the
-    database within the request's own queries, or before its commit)."""
+    database within the request's own queries, or before its commit).
+
+    Every route authenticates here, so this is the one place that confines a token issued for
+    a temporary password to the self-service routes (``self_service``): anywhere else it is a
+    recorded ``403``."""
     if not token:
         raise Unauthorized()
     principal = runtime.tokens.decode(token)
     uow.bind_principal(principal)
+    if principal.password_change_required and not self_service:
+        raise PasswordChangeRequired(
+            audit_event=denied_event(
+                principal.actor, Action.LOGIN, uow.route(), PasswordChangeRequired.slug
+            )
+        )
     return principal
 
 
@@ -38,26 +48,12 @@ async def current_principal(
     return authenticate(runtime, uow, token)
 
 
+async def self_service_principal(
+    runtime: RuntimeDep, uow: UnitOfWorkDep, token: BearerToken
+) -> Principal:
+    return authenticate(runtime, uow, token, self_service=True)
+
+
 CurrentPrincipal = Annotated[Principal, Depends(current_principal, scope="function")]
-
-
-def require_roles(
-    *roles: Role, action: Action, resource: str
-) -> Callable[[Principal], Awaitable[Principal]]:
-    """A dependency admitting only ``roles``; anyone else gets a recorded ``403``."""
-    allowed = frozenset(roles)
-
-    async def dependency(principal: CurrentPrincipal) -> Principal:
-        if principal.role not in allowed:
-            raise Forbidden(
-                audit_event=EventDraft(
-                    actor=principal.actor,
-                    action=action,
-                    resource=resource,
-                    outcome=Outcome.DENIED,
-                    denial=Forbidden.slug,
-                )
-            )
-        return principal
-
-    return dependency
+# For the routes a member with a temporary password may call: /auth/password, /auth/me, logout.
+SelfServicePrincipal = Annotated[Principal, Depends(self_service_principal, scope="function")]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Header, Request
+from fastapi import APIRouter, Form, Header
 
 from app.auth import service
-from app.auth.deps import CurrentPrincipal
+from app.auth.deps import SelfServicePrincipal
 from app.auth.schemas import Me, PasswordChange, TokenResponse
 from app.errors import InvalidCredentials
 from app.kit.deps import RuntimeDep
@@ -20,9 +20,13 @@ FormField = Annotated[str | None, Form()]
 MAX_CREDENTIAL_LENGTH = 256
 
 
-@router.post("/token", response_model=TokenResponse, responses=problem_responses(400, 401, 429))
+@router.post(
+    "/token",
+    response_model=TokenResponse,
+    response_model_exclude_none=True,
+    responses=problem_responses(400, 401, 429),
+)
 async def issue_token(
-    request: Request,
     runtime: RuntimeDep,
     uow: UnitOfWorkDep,
     grant_type: FormField = None,
@@ -37,13 +41,11 @@ async def issue_token(
     `grant_type=password` with `username` and `password` for staff; `grant_type=client_credentials`
     with `client_id` and `client_secret` for system clients. `X-Terminal-Id` records the POS
     terminal in the token and in every access event made with it. Failures answer `401` the same
-    way whether or not the login exists, and are throttled (`429` with `Retry-After`).
+    way whether or not the login exists, and are throttled (`429` with `Retry-After`): every
+    attempt counts against `LOGIN_RATE_LIMIT` (per login and per client address) until it
+    succeeds. A temporary password (one an admin set) answers `password_change_required: true`.
     """
-    address = service.client_address(
-        request.client.host if request.client else None,
-        request.headers.get("x-forwarded-for"),
-        runtime,
-    )
+    address = uow.client_address()
     given = (username, password, client_id, client_secret)
     if any(value is not None and len(value) > MAX_CREDENTIAL_LENGTH for value in given):
         raise InvalidCredentials()
@@ -64,20 +66,26 @@ async def issue_token(
 
 
 @router.post("/logout", status_code=204)
-async def logout(uow: UnitOfWorkDep, principal: CurrentPrincipal) -> None:
+async def logout(uow: UnitOfWorkDep, principal: SelfServicePrincipal) -> None:
     """Revoke the caller's token (for shared POS terminals)."""
     await service.logout(uow, principal)
 
 
-@router.post("/password", response_model=TokenResponse, responses=problem_responses(403))
+@router.post(
+    "/password",
+    response_model=TokenResponse,
+    response_model_exclude_none=True,
+    responses=problem_responses(403, 429),
+)
 async def change_password(
-    body: PasswordChange, runtime: RuntimeDep, uow: UnitOfWorkDep, principal: CurrentPrincipal
+    body: PasswordChange, runtime: RuntimeDep, uow: UnitOfWorkDep, principal: SelfServicePrincipal
 ) -> TokenResponse:
-    """Change your own password. Every token issued before stops working; a new one is returned."""
-    return await service.change_password(uow, runtime, principal, body)
+    """Change your own password. Every token issued before stops working; a new one is returned.
+    The current password counts against `LOGIN_RATE_LIMIT` like a login (`429`)."""
+    return await service.change_password(uow, runtime, principal, body, uow.client_address())
 
 
 @router.get("/me", response_model=Me)
-async def me(uow: UnitOfWorkDep, principal: CurrentPrincipal) -> Me:
-    """The caller: id, login, role and store code."""
+async def me(uow: UnitOfWorkDep, principal: SelfServicePrincipal) -> Me:
+    """The caller: id, login, role and store code, and whether they must set a password."""
     return await service.me(uow, principal)

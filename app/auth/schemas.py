@@ -11,6 +11,11 @@ class TokenResponse(BaseModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
     expires_in: int
+    password_change_required: Literal[True] | None = Field(
+        default=None,
+        description="Present (true) when the password is temporary (set by an admin): the "
+        "token is then good only for POST /auth/password, GET /auth/me and POST /auth/logout.",
+    )
 
 
 class Me(BaseModel):
@@ -18,6 +23,9 @@ class Me(BaseModel):
     login: str
     role: Role
     store: str | None = Field(description="The store code; none for auditors, admins and clients.")
+    password_change_required: bool = Field(
+        description="True when logged in with a temporary password: set your own first."
+    )
 
 
 class PasswordChange(BaseModel):

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
-import ipaddress
+import hashlib
 import re
 from datetime import UTC, datetime
 
-from app.audit.events import Action, Actor, EventDraft, Outcome
+from app.audit.events import Action, Actor, EventDraft, denied_event
 from app.auth import repository
 from app.auth.passwords import (
     hash_password_async,
     verify_client_secret,
     verify_password,
 )
+from app.auth.repository import StaffCredentials
 from app.auth.schemas import Me, PasswordChange, TokenResponse
 from app.auth.tokens import Principal
-from app.errors import BadHeader, Forbidden, InvalidCredentials, RateLimited, ValidationFailed
-from app.models import Staff
+from app.client_address import limit_key
+from app.errors import (
+    BadHeader,
+    Forbidden,
+    InvalidCredentials,
+    RateLimited,
+    Unauthorized,
+    ValidationFailed,
+)
+from app.models.base import utcnow
 from app.roles import CLIENT_ROLES, STAFF_ROLES, Role
 from app.runtime import Runtime
 from app.uow import UnitOfWork
@@ -32,45 +41,41 @@ def parse_terminal(value: str | None) -> str | None:
     return value
 
 
-def _staff_actor(staff: Staff, terminal: str | None) -> Actor:
+def _staff_actor(staff: StaffCredentials, terminal: str | None) -> Actor:
     return Actor(
         name=staff.login,
         id=staff.id,
         role=staff.role,
-        store=staff.store.code if staff.store else None,
+        store=staff.store_code,
         terminal=terminal,
     )
 
 
 def _failed_login(actor: Actor) -> InvalidCredentials:
     return InvalidCredentials(
-        audit_event=EventDraft(
-            actor=actor,
-            action=Action.LOGIN,
-            resource="auth/token",
-            outcome=Outcome.DENIED,
-            denial=InvalidCredentials.slug,
-        )
+        audit_event=denied_event(actor, Action.LOGIN, "auth/token", InvalidCredentials.slug)
     )
 
 
-async def _ensure_login_room(runtime: Runtime, keys: tuple[str, str], terminal: str | None) -> None:
-    """Refuse a login whose name or address has failed too often; the refusal is recorded."""
-    try:
-        await runtime.limits.ensure_room(runtime.settings.login_rate_limit, *keys)
-    except RateLimited as refused:
-        refused.audit_event = EventDraft(
-            actor=Actor(name=None, id=None, role=None, store=None, terminal=terminal),
-            action=Action.LOGIN,
-            resource="auth/token",
-            outcome=Outcome.DENIED,
-            denial=RateLimited.slug,
-        )
-        raise
+def _throttled(actor: Actor, resource: str) -> EventDraft:
+    return denied_event(actor, Action.LOGIN, resource, RateLimited.slug)
 
 
-def _limit_keys(login: str, client_address: str) -> tuple[str, str]:
-    return f"login:name:{login.casefold()}", f"login:addr:{client_address}"
+def login_limit_keys(login: str, client_address: str) -> tuple[str, str]:
+    """The counters of ``LOGIN_RATE_LIMIT``: one per login, one per client address (an IPv6
+    address by its /64). What was typed as a login is kept only as a hash: it may be a
+    mistyped password."""
+    login_digest = hashlib.sha256(login.casefold().encode()).hexdigest()[:32]
+    return f"login:name:{login_digest}", f"login:addr:{limit_key(client_address)}"
+
+
+def _may_log_in(staff: StaffCredentials, now: datetime) -> bool:
+    return (
+        staff.active
+        and not staff.pending_approval
+        and Role(staff.role) in STAFF_ROLES
+        and (staff.password_expires_at is None or staff.password_expires_at > now)
+    )
 
 
 async def login_staff(
@@ -82,15 +87,20 @@ async def login_staff(
     terminal: str | None,
     client_address: str,
 ) -> TokenResponse:
+    """Counted before the password is checked (so concurrent guesses cannot overshoot the
+    limit), forgiven on success; the password is checked with no transaction open."""
     limit = runtime.settings.login_rate_limit
-    keys = _limit_keys(login, client_address)
-    await _ensure_login_room(runtime, keys, terminal)
-    staff = await repository.staff_by_login(uow.session, login)
+    keys = login_limit_keys(login, client_address)
+    await runtime.limits.reserve(
+        limit, *keys, audit_event=_throttled(_anonymous(terminal), "auth/token"), kind="login"
+    )
+    staff = await repository.staff_credentials(uow.session, login)
+    await uow.end_reads()
     password_ok = await verify_password(staff.password_hash if staff else None, password)
-    if staff is None or not password_ok or not staff.active or Role(staff.role) not in STAFF_ROLES:
-        await runtime.limits.hit(limit, *keys)
-        unknown = Actor(name=None, id=None, role=None, store=None, terminal=terminal)
-        raise _failed_login(_staff_actor(staff, terminal) if staff else unknown)
+    if staff is None or not password_ok or not _may_log_in(staff, utcnow()):
+        raise _failed_login(_staff_actor(staff, terminal) if staff else _anonymous(terminal))
+    await runtime.limits.forgive(limit, *keys)
+    temporary = staff.password_expires_at is not None
     token, claims = runtime.tokens.issue(
         subject=staff.id,
         kind="staff",
@@ -98,11 +108,20 @@ async def login_staff(
         role=Role(staff.role),
         auth_epoch=staff.auth_epoch,
         store_id=staff.store_id,
-        store_code=staff.store.code if staff.store else None,
+        store_code=staff.store_code,
         terminal=terminal,
+        password_change_required=temporary,
     )
     uow.record(EventDraft(actor=claims.actor, action=Action.LOGIN, resource="auth/token"))
-    return TokenResponse(access_token=token, expires_in=runtime.settings.token_ttl_seconds)
+    return TokenResponse(
+        access_token=token,
+        expires_in=runtime.settings.token_ttl_seconds,
+        password_change_required=True if temporary else None,
+    )
+
+
+def _anonymous(terminal: str | None) -> Actor:
+    return Actor(name=None, id=None, role=None, store=None, terminal=terminal)
 
 
 async def login_client(
@@ -114,17 +133,19 @@ async def login_client(
     client_address: str,
 ) -> TokenResponse:
     limit = runtime.settings.login_rate_limit
-    keys = _limit_keys(client_id, client_address)
-    await _ensure_login_room(runtime, keys, None)
+    keys = login_limit_keys(client_id, client_address)
+    await runtime.limits.reserve(
+        limit, *keys, audit_event=_throttled(_anonymous(None), "auth/token"), kind="login"
+    )
     client = await repository.client_by_name(uow.session, client_id)
     secret_ok = verify_client_secret(client.secret_hash if client else None, client_secret)
     if (
         client is None
         or not secret_ok
         or not client.active
+        or client.pending_approval
         or Role(client.role) not in CLIENT_ROLES
     ):
-        await runtime.limits.hit(limit, *keys)
         actor = Actor(
             name=client.name if client else None,
             id=client.id if client else None,
@@ -133,6 +154,7 @@ async def login_client(
             terminal=None,
         )
         raise _failed_login(actor)
+    await runtime.limits.forgive(limit, *keys)
     token, claims = runtime.tokens.issue(
         subject=client.id,
         kind="client",
@@ -142,27 +164,6 @@ async def login_client(
     )
     uow.record(EventDraft(actor=claims.actor, action=Action.LOGIN, resource="auth/token"))
     return TokenResponse(access_token=token, expires_in=runtime.settings.token_ttl_seconds)
-
-
-def client_address(peer: str | None, forwarded_for: str | None, runtime: Runtime) -> str:
-    """The caller's address: the peer's, or X-Forwarded-For's when the peer is a trusted proxy."""
-    trusted = runtime.settings.trusted_proxy_networks
-
-    def is_trusted(address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in trusted)
-
-    address = peer or "unknown"
-    if not trusted or not is_trusted(address) or not forwarded_for:
-        return address
-    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
-        address = hop
-        if not is_trusted(hop):
-            break
-    return address
 
 
 async def logout(uow: UnitOfWork, principal: Principal) -> None:
@@ -179,40 +180,57 @@ async def me(uow: UnitOfWork, principal: Principal) -> Me:
         login=principal.login,
         role=principal.role,
         store=principal.store_code,
+        password_change_required=principal.password_change_required,
     )
 
 
 async def change_password(
-    uow: UnitOfWork, runtime: Runtime, principal: Principal, change: PasswordChange
+    uow: UnitOfWork,
+    runtime: Runtime,
+    principal: Principal,
+    change: PasswordChange,
+    client_address: str,
 ) -> TokenResponse:
-    """Change one's own password; every older token stops working and a fresh one is returned."""
-    staff = await repository.staff_by_id(uow.session, principal.subject)
-    if staff is None or principal.kind != "staff":
+    """Change one's own password; every older token stops working and a fresh one is returned.
+
+    The current password is guarded like a login (counted first, forgiven when right), and
+    Argon2 runs between two transactions: the read, and the write that is conditional on the
+    member being unchanged since."""
+    if principal.kind != "staff":
         raise Forbidden("Only staff have passwords; system clients rotate their secret.")
+    current_hash = await repository.password_hash_of(uow.session, principal.subject)
     await uow.verify_principal()
-    if not await verify_password(staff.password_hash, change.current):
+    assert current_hash is not None  # the principal is current, so the member exists
+    limit = runtime.settings.login_rate_limit
+    keys = login_limit_keys(principal.login, client_address)
+    await runtime.limits.reserve(
+        limit, *keys, audit_event=_throttled(principal.actor, "auth/password"), kind="password"
+    )
+    await uow.end_reads()
+    if not await verify_password(current_hash, change.current):
         raise Forbidden(
             "The current password is not correct.",
-            audit_event=EventDraft(
-                actor=principal.actor,
-                action=Action.LOGIN,
-                resource="auth/password",
-                outcome=Outcome.DENIED,
-                denial="invalid-credentials",
+            audit_event=denied_event(
+                principal.actor, Action.LOGIN, "auth/password", "invalid-credentials"
             ),
         )
-    check_password_policy(change.new, staff.login)
+    await runtime.limits.forgive(limit, *keys)
+    check_password_policy(change.new, principal.login)
     if change.new == change.current:
         raise ValidationFailed("The new password must differ from the current one.")
-    staff.password_hash = await hash_password_async(change.new)
-    staff.auth_epoch += 1
+    new_hash = await hash_password_async(change.new)
+    epoch = await repository.set_own_password(
+        uow.session, principal.subject, epoch=principal.auth_epoch, password_hash=new_hash
+    )
+    if epoch is None:
+        raise Unauthorized("The token is no longer valid.")
     token, claims = runtime.tokens.issue(
-        subject=staff.id,
+        subject=principal.subject,
         kind="staff",
-        login=staff.login,
-        role=Role(staff.role),
-        auth_epoch=staff.auth_epoch,
-        store_id=staff.store_id,
+        login=principal.login,
+        role=principal.role,
+        auth_epoch=epoch,
+        store_id=principal.store_id,
         store_code=principal.store_code,
         terminal=principal.terminal,
     )

@@ -17,6 +17,9 @@ from app.audit.events import Actor
 from app.errors import Unauthorized
 from app.roles import Role
 
+# What a token with ``password_change_required`` may still call.
+SELF_SERVICE_PATHS = frozenset({"/auth/password", "/auth/me", "/auth/logout"})
+
 ALGORITHM = "HS256"
 MAX_TOKEN_LENGTH = 4096
 CLOCK_SKEW_SECONDS = 30
@@ -36,6 +39,9 @@ class TokenClaims:
     jti: str
     issued_at: int
     expires_at: int
+    # Logged in with a temporary password (one an admin set): only the self-service routes
+    # (``SELF_SERVICE_PATHS``) accept the token until the holder sets their own.
+    password_change_required: bool = False
 
     @property
     def actor(self) -> Actor:
@@ -71,6 +77,7 @@ class TokenCodec:
         store_id: str | None = None,
         store_code: str | None = None,
         terminal: str | None = None,
+        password_change_required: bool = False,
     ) -> tuple[str, TokenClaims]:
         now = int(time.time())
         claims = TokenClaims(
@@ -85,6 +92,7 @@ class TokenCodec:
             jti=str(uuid.uuid4()),
             issued_at=now,
             expires_at=now + self.ttl_seconds,
+            password_change_required=password_change_required,
         )
         payload: dict[str, Any] = {
             "sub": subject,
@@ -103,6 +111,8 @@ class TokenCodec:
             payload["sid"] = store_id
         if terminal is not None:
             payload["term"] = terminal
+        if password_change_required:
+            payload["password_change_required"] = True
         return jwt.encode(payload, self._key, algorithm=ALGORITHM), claims
 
     def decode(self, token: str) -> TokenClaims:
@@ -159,6 +169,9 @@ def _claims_from(payload: dict[str, Any]) -> TokenClaims:
             v is None or isinstance(v, str) for v in optional
         ):
             raise ValueError("bad string claim")
+        change_required = payload.get("password_change_required", False)
+        if type(change_required) is not bool:
+            raise ValueError("bad password_change_required claim")
         return TokenClaims(
             subject=payload["sub"],
             kind=kind,
@@ -171,6 +184,7 @@ def _claims_from(payload: dict[str, Any]) -> TokenClaims:
             jti=payload["jti"],
             issued_at=issued_at,
             expires_at=expires_at,
+            password_change_required=change_required,
         )
     except (ValueError, TypeError) as exc:
         raise Unauthorized("The token is not valid.") from exc

@@ -21,7 +21,7 @@ from app.access.pipeline import (
     open_customer,
     record_access,
 )
-from app.audit.events import Action, EventDraft
+from app.audit.events import Action, EventDraft, denied_event
 from app.blind_index import IndexedField, kana_birth_term
 from app.crypto import FieldCipher, KeyScope
 from app.customers import repository
@@ -43,7 +43,7 @@ from app.customers.schemas import (
     SearchRequest,
     SearchResult,
 )
-from app.errors import Conflict, PurposeNotAllowed
+from app.errors import Conflict, PurposeNotAllowed, RateLimited
 from app.kit.idempotency import idempotent_call
 from app.kit.ids import resource_of
 from app.models import ConsentEvent, Customer
@@ -323,7 +323,17 @@ async def search_customers(
     permit(ctx, action=Action.SEARCH, resource=resource)
     await uow.verify_principal()
     await runtime.limits.consume(
-        runtime.settings.search_rate_limit, f"search:{ctx.principal.subject}"
+        runtime.settings.search_rate_limit,
+        f"search:{ctx.principal.subject}",
+        audit_event=denied_event(
+            ctx.actor,
+            Action.SEARCH,
+            resource,
+            RateLimited.slug,
+            purpose=ctx.purpose.value,
+            reason=ctx.reason,
+        ),
+        kind="search",
     )
     index = runtime.blind_index
     column: InstrumentedAttribute[Any]

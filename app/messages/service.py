@@ -101,17 +101,9 @@ class MessageCapReached(RateLimited):
     default_detail = "The customer has been sent the most messages allowed in 24 hours."
 
     def __init__(self, retry_after: int, *, audit_event: EventDraft) -> None:
-        super().__init__(retry_after, self.default_detail)
-        # Recorded like any refusal; the summarising of repeated 429s happens in the audit log.
-        self.audit_event = audit_event
-
-
-class PresenceCodeLimited(RateLimited):
-    default_detail = "Too many presence codes were requested; retry later."
-
-    def __init__(self, retry_after: int, *, audit_event: EventDraft) -> None:
-        super().__init__(retry_after, self.default_detail)
-        self.audit_event = audit_event
+        super().__init__(
+            retry_after, self.default_detail, audit_event=audit_event, kind="message_cap"
+        )
 
 
 class IdempotencyKeyRequired(BadHeader):
@@ -528,28 +520,30 @@ async def get_message(
 async def _limit_presence_codes(
     runtime: Runtime, ctx: AccessContext, cid: str | None, resource: str
 ) -> None:
+    """At most 3 codes per customer and 10 per caller an hour (counted before sending)."""
+    refusal = _event(
+        ctx,
+        resource=resource,
+        customer_ids=(cid,) if cid else (),
+        outcome=Outcome.DENIED,
+        denial=RateLimited.slug,
+        fields=(),
+    )
+    per_customer = f"presence-code:customer:{cid or MALFORMED_ID}"
     limits = runtime.limits
-    keys = (
-        (PRESENCE_CODES_PER_CUSTOMER, f"presence-code:customer:{cid or MALFORMED_ID}"),
-        (PRESENCE_CODES_PER_CALLER, f"presence-code:caller:{ctx.principal.subject}"),
+    await limits.reserve(
+        PRESENCE_CODES_PER_CUSTOMER, per_customer, audit_event=refusal, kind="presence_code"
     )
     try:
-        for limit, key in keys:
-            await limits.ensure_room(limit, key)
-    except RateLimited as refused:
-        raise PresenceCodeLimited(
-            int(refused.headers.get("Retry-After", "1")),
-            audit_event=_event(
-                ctx,
-                resource=resource,
-                customer_ids=(cid,) if cid else (),
-                outcome=Outcome.DENIED,
-                denial=RateLimited.slug,
-                fields=(),
-            ),
-        ) from None
-    for limit, key in keys:
-        await limits.hit(limit, key)
+        await limits.reserve(
+            PRESENCE_CODES_PER_CALLER,
+            f"presence-code:caller:{ctx.principal.subject}",
+            audit_event=refusal,
+            kind="presence_code",
+        )
+    except RateLimited:
+        await limits.forgive(PRESENCE_CODES_PER_CUSTOMER, per_customer)
+        raise
 
 
 async def request_presence_code(

@@ -34,6 +34,12 @@ class Staff(Base):
     # Bumped on deactivation, password change and role/store change: tokens carry the epoch
     # they were issued under, so older tokens stop matching.
     auth_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    # An admin's change that opens a way to customer data waits for an auditor (maker-checker):
+    # until then the member cannot log in.
+    pending_approval: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set for a password an admin chose (temporary: it must be replaced at the first login, and
+    # stops working at this time); none for a password the member chose.
+    password_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -49,6 +55,8 @@ class SystemClient(Base):
     secret_hash: Mapped[str] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     auth_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    # As for staff: a new, re-activated, re-keyed or re-roled client waits for an auditor.
+    pending_approval: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
