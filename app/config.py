@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     visit_auto_close_hours: float = Field(default=4, gt=0)
     search_rate_limit: str = "30/10minutes"
     login_rate_limit: str = "10/5minutes"
+    # Failed PIN / SMS-code proofs per customer: the first window locks those proofs for its
+    # length; the second locks them until a document proof or a manager's reason succeeds.
+    presence_lock: str = "5/30minutes;10/24hours"
     redis_url: str | None = None
     # Keys in Redis start with this (several deployments, or test runs, may share one Redis).
     redis_key_prefix: str = Field(default="shopvault", pattern=r"^[A-Za-z0-9._-]{1,64}$")
@@ -54,6 +57,15 @@ class Settings(BaseSettings):
         from limits import parse
 
         parse(value)
+        return value
+
+    @field_validator("presence_lock")
+    @classmethod
+    def _presence_lock_parses(cls, value: str) -> str:
+        from limits import parse_many
+
+        if len(parse_many(value)) != 2:
+            raise ValueError("two windows: the timed lock, then the lock until a document proof")
         return value
 
     @field_validator("trusted_proxies")

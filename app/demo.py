@@ -24,6 +24,7 @@ from app.customers.schemas import CustomerCreate
 from app.customers.service import add_customer
 from app.models import Staff, Store, SystemClient, Visit
 from app.models.base import new_id, utcnow
+from app.presence.proofs import PresenceMethod
 from app.roles import Role
 from app.runtime import Runtime
 from app.uow import UnitOfWork
@@ -37,6 +38,16 @@ DEMO_SEED = 2026
 DEMO_PHONES = {
     "S001": ("090-1000-0101", "090-1000-0102", "090-1000-0103"),
     "S002": ("090-1000-0201", "090-1000-0202", "090-1000-0203"),
+}
+# Their PINs (also in the README), to try proofs of presence. None can be a birth date's MMDD or a
+# birth year, so none is refused as weak whatever birth date the demo gives the customer.
+DEMO_PINS = {
+    "090-1000-0101": "4826",
+    "090-1000-0102": "5937",
+    "090-1000-0103": "7391",
+    "090-1000-0201": "8264",
+    "090-1000-0202": "3790",
+    "090-1000-0203": "6158",
 }
 
 
@@ -194,6 +205,7 @@ def _demo_customer(faker: Faker, rng: random.Random, phone: str) -> CustomerCrea
                 "number": "".join(str(rng.randint(0, 9)) for _ in range(12)),
             },
             "consents": {"marketing_email": rng.random() < 0.5, "marketing_sms": False},
+            "pin": DEMO_PINS[phone],
         }
     )
 
@@ -225,12 +237,14 @@ async def _add_customers(
                 uow, runtime, body, store_id=store.id, visit_id=visit.id, recorded_by=sales, now=now
             )
             visit.customer_id = customer.id
+            visit.presence_at, visit.presence_method = now, PresenceMethod.REGISTERED.value
             uow.record(
                 EventDraft(
                     actor=actor,
                     action=Action.CREATE,
                     resource=f"customers/{customer.id}",
                     customer_ids=(customer.id,),
+                    presence_method=PresenceMethod.REGISTERED.value,
                 )
             )
             accounts.customers.append(CustomerEntry(code, display_name(body.name)))

@@ -135,6 +135,17 @@ def rule_for(role: Role, purpose: Purpose) -> Rule | None:
 PURPOSES_WHILE_SUSPENDED = frozenset({Purpose.SUBJECT_REQUEST, Purpose.AUDIT})
 
 
+# Who may attach an existing customer to a visit on a reason instead of the customer's proof of
+# presence (the attach is then queued for review).
+REASON_INSTEAD_OF_PRESENCE = frozenset({Role.MANAGER})
+
+# A repair visit stays open for weeks: while open it justifies these (role, purpose) views;
+# any other access only within VISIT_AUTO_CLOSE_HOURS of the customer's last proof of presence.
+WHILE_REPAIR_VISIT_OPEN = frozenset(
+    {(Role.TECHNICIAN, Purpose.REPAIR), (Role.TECHNICIAN, Purpose.SUPPORT)}
+)
+
+
 class Operation(StrEnum):
     """What a route does, beyond reading a record: each route declares its operation."""
 

@@ -16,7 +16,7 @@ from app.models import AccessEvent
 from tests import cast
 from tests.access_log import event_of, events_of
 from tests.conftest import login, login_client
-from tests.world import add_contract, open_visit, purpose, register_customer
+from tests.world import add_contract, open_visit, presence_of, purpose, register_customer
 
 Headers = dict[str, str]
 AsMember = Callable[..., Headers]
@@ -246,7 +246,12 @@ def test_a_technician_may_not_read_texts_of_a_visit_that_does_not_justify_it(
     headers = purpose(as_member(cast.TECHNICIAN), "repair")
     inquiry = client.post(
         "/visits",
-        json={"type": "inquiry", "notes": "解約の相談", "customer_id": customer.id},
+        json={
+            "type": "inquiry",
+            "notes": "解約の相談",
+            "customer_id": customer.id,
+            "presence": presence_of(customer.id),
+        },
         headers=sales,
     ).json()["id"]
     walk_in = open_visit(client, as_member(cast.TECHNICIAN), "repair")  # no customer yet

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from tests import cast
-from tests.world import add_contract, purpose, register_customer
+from tests.world import add_contract, presence_of, purpose, register_customer
 
 
 def _raw_database(backend: str, database_url: str) -> bytes:
@@ -71,12 +71,13 @@ def test_no_personal_value_in_plain_text(
         json={
             "type": "repair",
             "customer_id": customer.id,
+            "presence": presence_of(customer.id),
             "notes": notes,
             "repair": {"device_model": "Galaxy S24", "symptom": "充電ケーブルを挿しても反応しない"},
         },
         headers=sales,
     )
-    assert repair_visit.status_code == 201
+    assert repair_visit.status_code == 201, repair_visit.text
     # Read it back too, so that nothing decrypted is ever written anywhere as a side effect.
     read = client.get(
         f"/customers/{customer.id}", headers=purpose(sales, "contract", visit=customer.visit_id)

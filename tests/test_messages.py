@@ -242,10 +242,10 @@ def test_a_repair_visit_justifies_others_only_near_the_last_proof_of_presence(
     technician = with_purpose(as_member(cast.TECHNICIAN), "support", visit=visit)
 
     with clock_at(client, now):
-        set_visit_times(db, visit, opened_at=now - timedelta(hours=3))  # within 4 hours
+        set_visit_times(db, visit, presence_at=now - timedelta(hours=3))  # within 4 hours
         assert send(client, sales, customer.id).status_code == 202
         assert send(client, technician_other_purpose, customer.id).status_code == 202
-        set_visit_times(db, visit, opened_at=now - timedelta(hours=5))
+        set_visit_times(db, visit, presence_at=now - timedelta(hours=5))
         assert send(client, sales, customer.id).status_code == 403
         assert send(client, technician_other_purpose, customer.id).status_code == 403
         # The technician's own repair and support messages: as long as the repair lasts.

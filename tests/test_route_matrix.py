@@ -26,7 +26,14 @@ from app.roles import Role
 from tests import cast
 from tests.access_log import events_of
 from tests.conftest import SettingsFactory, login, login_client
-from tests.world import customer_body, open_visit, purpose, reason_header, register_customer
+from tests.world import (
+    customer_body,
+    open_visit,
+    presence_of,
+    purpose,
+    reason_header,
+    register_customer,
+)
 
 Headers = dict[str, str]
 REASON = "お客様からの依頼に対応するため"
@@ -71,6 +78,10 @@ class World:
 
     def unattached_visit(self, role: Role) -> str:
         return open_visit(self.client, self.headers[role])
+
+    def visit_with_customer(self) -> str:
+        sales = self.headers[Role.SALES]
+        return open_visit(self.client, sales, "inquiry", self.customer_id)
 
     def store_visit(self) -> str:
         return open_visit(self.client, self.headers[Role.SALES])
@@ -193,6 +204,10 @@ CALLS: dict[tuple[str, str], Call] = {
         ids=lambda w: {"visit_id": w.store_visit()}, body=lambda _w, _r: {"notes": "再来店予定"}
     ),
     ("POST", "/visits/{visit_id}/close"): Call(ids=lambda w: {"visit_id": w.store_visit()}),
+    ("POST", "/visits/{visit_id}/presence"): Call(
+        ids=lambda w: {"visit_id": w.visit_with_customer()},
+        body=lambda w, _r: {"presence": presence_of(w.customer_id)},
+    ),
     ("POST", "/stores"): Call(
         body=lambda _w, _r: {
             "code": f"M{next(_counter):03d}",

@@ -21,7 +21,7 @@ from app.main import create_app
 from app.models import AccessEvent, AccessEventCustomer, Visit
 from tests import cast
 from tests.conftest import SettingsFactory, login, login_client
-from tests.world import open_visit, purpose, register_customer
+from tests.world import KNOWN_PINS, open_visit, presence_of, purpose, register_customer
 
 AsMember = Callable[..., dict[str, str]]
 PROBLEM = "application/problem+json"
@@ -38,7 +38,15 @@ def _manager_reading_texts(as_member: AsMember) -> dict[str, str]:
     return purpose(as_member(cast.MANAGER), "support", reason="来店時のメモ内容の確認のため")
 
 
+def _attach(customer_id: str) -> dict[str, Any]:
+    """An attach body with the customer's proof of presence (their PIN)."""
+    return {"customer_id": customer_id, "presence": presence_of(customer_id.lower())}
+
+
 def _post(client: TestClient, headers: dict[str, str], **body: Any) -> Any:
+    customer_id = body.get("customer_id")
+    if isinstance(customer_id, str) and customer_id.lower() in KNOWN_PINS:
+        body.setdefault("presence", presence_of(customer_id.lower()))
     return client.post("/visits", json=body, headers=headers)
 
 
@@ -347,16 +355,27 @@ def test_the_customer_id_may_be_written_in_any_uuid_form(
     assert response.json()["customer_id"] == customer.id
 
 
-@pytest.mark.parametrize("customer_id", [str(uuid.uuid4()), "not-a-customer-id"])
-def test_opening_a_visit_for_an_unknown_customer_is_404_and_creates_nothing(
-    client: TestClient, as_member: AsMember, db: Engine, customer_id: str
+@pytest.mark.parametrize(
+    ("customer_id", "status", "slug"),
+    [
+        (str(uuid.uuid4()), 403, "presence-not-proven"),  # the answer of a wrong proof
+        ("not-a-customer-id", 422, "validation"),
+    ],
+)
+def test_opening_a_visit_for_an_unknown_customer_is_refused_and_creates_nothing(
+    client: TestClient, as_member: AsMember, db: Engine, customer_id: str, status: int, slug: str
 ) -> None:
     before = _visit_count(db)
-    response = _post(client, as_member(cast.SALES), type="payment", customer_id=customer_id)
-    _is_problem(response, 404, "not-found")
+    presence = {"method": "pin", "pin": "4826"}
+    response = _post(
+        client, as_member(cast.SALES), type="payment", customer_id=customer_id, presence=presence
+    )
+    _is_problem(response, status, slug)
     assert customer_id not in response.text
     assert _visit_count(db) == before
-    assert _events(db, action="attach") == []
+    assert [e.outcome for e, _ in _events(db, action="attach")] == (
+        ["denied"] if status == 403 else []
+    )
 
 
 def test_a_customer_is_attached_to_a_visit_once(
@@ -368,7 +387,7 @@ def test_a_customer_is_attached_to_a_visit_once(
     visit_id = open_visit(client, sales, "inquiry")
     attaches_before = len(_events(db, action="attach"))
 
-    response = client.patch(f"/visits/{visit_id}", json={"customer_id": first.id}, headers=sales)
+    response = client.patch(f"/visits/{visit_id}", json=_attach(first.id), headers=sales)
     assert response.status_code == 200, response.text
     assert response.json()["customer_id"] == first.id
     attaches = _events(db, action="attach")
@@ -377,7 +396,7 @@ def test_a_customer_is_attached_to_a_visit_once(
     assert attaches[-1][0].resource == f"visits/{visit_id}"
 
     for other in (second.id, first.id):
-        again = client.patch(f"/visits/{visit_id}", json={"customer_id": other}, headers=sales)
+        again = client.patch(f"/visits/{visit_id}", json=_attach(other), headers=sales)
         _is_problem(again, 409, "conflict")
     assert _visit_row(db, visit_id).customer_id == first.id
     assert len(_events(db, action="attach")) == attaches_before + 1
@@ -391,7 +410,7 @@ def test_concurrent_attaches_attach_one_customer(
     visit_id = open_visit(client, sales, "inquiry")
     responses = concurrently(
         settings,
-        [("PATCH", f"/visits/{visit_id}", {"customer_id": cid}, sales) for cid in customers],
+        [("PATCH", f"/visits/{visit_id}", _attach(cid), sales) for cid in customers],
     )
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200, 409, 409, 409], [r.text for r in responses]
@@ -403,13 +422,15 @@ def test_concurrent_attaches_attach_one_customer(
     assert attached == [[winner]]
 
 
-def test_attaching_an_unknown_customer_is_404_and_leaves_the_visit_alone(
+def test_attaching_an_unknown_customer_is_refused_and_leaves_the_visit_alone(
     client: TestClient, as_member: AsMember, db: Engine
 ) -> None:
     sales = as_member(cast.SALES)
     visit_id = open_visit(client, sales, "inquiry")
-    body = {"customer_id": str(uuid.uuid4()), "notes": "来店メモ"}
-    _is_problem(client.patch(f"/visits/{visit_id}", json=body, headers=sales), 404, "not-found")
+    presence = {"method": "pin", "pin": "4826"}
+    body = {"customer_id": str(uuid.uuid4()), "presence": presence, "notes": "来店メモ"}
+    refused = client.patch(f"/visits/{visit_id}", json=body, headers=sales)
+    _is_problem(refused, 403, "presence-not-proven")
     stored = _visit_row(db, visit_id)
     assert stored.customer_id is None
     assert stored.notes_enc is None
@@ -701,7 +722,7 @@ def test_a_repair_status_on_a_non_repair_visit_is_409(
     customer = register_customer(client, sales, seed=8)
     visit_id = open_visit(client, sales, visit_type)
     # Nothing of a refused patch is kept, not even the parts that were fine on their own.
-    body = {"repair": {"status": "diagnosing"}, "notes": "メモ", "customer_id": customer.id}
+    body = {"repair": {"status": "diagnosing"}, "notes": "メモ", **_attach(customer.id)}
     attaches_before = len(_events(db, action="attach"))
     _is_problem(client.patch(f"/visits/{visit_id}", json=body, headers=sales), 409, "conflict")
     stored = _visit_row(db, visit_id)
@@ -839,7 +860,7 @@ def test_a_retry_with_the_same_key_gets_the_first_visit(
     sales = as_member(cast.SALES)
     customer = register_customer(client, sales, seed=12)
     headers = {**sales, "Idempotency-Key": "pos-07:retry-0001"}
-    body = {"type": "payment", "customer_id": customer.id, "notes": "支払い方法の変更"}
+    body = {"type": "payment", **_attach(customer.id), "notes": "支払い方法の変更"}
     before = _visit_count(db)
     attaches_before = len(_events(db, action="attach"))
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 import random
 import urllib.parse
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import httpx
 from faker import Faker
+
+from app.presence.proofs import weak_pin_reason
 
 _faker = Faker("ja_JP")
 
@@ -44,7 +47,32 @@ def customer_body(seed: int | None = None, **overrides: Any) -> dict[str, Any]:
         "consents": {"marketing_email": False, "marketing_sms": False},
     }
     body.update(overrides)
+    if "pin" not in overrides:
+        body["pin"] = strong_pin(rng, body)
     return body
+
+
+def strong_pin(rng: random.Random, body: dict[str, Any]) -> str:
+    """A PIN the customer may choose (not one the service refuses as weak)."""
+    try:
+        birth = date.fromisoformat(str(body["date_of_birth"]))
+    except ValueError:  # a test of a bad birth date: any PIN will do
+        birth = date(2000, 1, 1)
+    phone = "".join(ch for ch in body["phone"] if ch.isdigit())
+    while True:
+        pin = f"{rng.randint(0, 9999):04d}"
+        if weak_pin_reason(pin, date_of_birth=birth, phone_e164=phone) is None:
+            return pin
+
+
+# What each customer registered through these helpers would show at the counter: their PIN.
+# (The test world remembers it for them, like the customer remembers it at the shop.)
+KNOWN_PINS: dict[str, str] = {}
+
+
+def presence_of(customer_id: str) -> dict[str, str]:
+    """The proof of presence the customer gives at the counter."""
+    return {"method": "pin", "pin": KNOWN_PINS[customer_id]}
 
 
 def reason_header(text: str = "お客様からの問い合わせ対応のため") -> str:
@@ -73,6 +101,8 @@ def open_visit(
         body["repair"] = {"device_model": "Galaxy S24", "symptom": "画面が割れて表示されない"}
     if customer_id is not None:
         body["customer_id"] = customer_id
+        if customer_id in KNOWN_PINS and "X-Access-Reason" not in headers:
+            body["presence"] = presence_of(customer_id)
     response = client.post("/visits", json=body, headers=headers)
     assert response.status_code == 201, response.text
     visit_id: str = response.json()["id"]
@@ -97,6 +127,7 @@ def register_customer(
         "/customers", json=body, headers=purpose(headers, "contract", visit=visit_id)
     )
     assert response.status_code == 201, response.text
+    KNOWN_PINS[response.json()["id"]] = body["pin"]
     return Registered(id=response.json()["id"], visit_id=visit_id, body=body, view=response.json())
 
 

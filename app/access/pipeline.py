@@ -28,9 +28,10 @@ from app.errors import Forbidden, NotFound, VisitRequired
 from app.kit.ids import canonical_id
 from app.models import Contract, Customer
 from app.models.base import utcnow
-from app.policy import PURPOSES_WHILE_SUSPENDED, FieldGroup
+from app.policy import PURPOSES_WHILE_SUSPENDED, WHILE_REPAIR_VISIT_OPEN, FieldGroup
 from app.runtime import Runtime
 from app.uow import UnitOfWork
+from app.visits.rules import presence_window
 
 
 class CustomerSuspended(Forbidden):
@@ -84,11 +85,18 @@ async def open_customer(
     justified = permit(ctx, action=action, resource=resource, customer_ids=asked)
 
     # 2. One query: the caller's token, the visit, the customer, its wrapped keys.
+    now = utcnow()
     visit = (
         None
         if justified.visit_id is None
         else repository.VisitCheck(
-            justified.visit_id, ctx.principal.store_id, repair_only=justified.repair_visit_only
+            justified.visit_id,
+            ctx.principal.store_id,
+            repair_only=justified.repair_visit_only,
+            # A repair visit, open for weeks, justifies most views only near the last proof.
+            presence_since=None
+            if (ctx.principal.role, ctx.purpose) in WHILE_REPAIR_VISIT_OPEN
+            else now - presence_window(runtime.settings),
         )
     )
     contracts_too = with_contracts and bool(justified.groups & CONTRACT_GROUPS)
@@ -97,7 +105,7 @@ async def open_customer(
         ctx.principal,
         cid or "",
         visit=visit,
-        now=utcnow(),
+        now=now,
         with_contracts=contracts_too,
     )
     uow.principal_verified(row.principal_ok)
@@ -140,6 +148,7 @@ def record_access(
     fields: frozenset[FieldGroup] | None = None,
     changed_fields: tuple[str, ...] | None = None,
     review_required: bool | None = None,
+    presence_method: str | None = None,
 ) -> None:
     """The event of what was done with an opened customer: ``fields`` are the groups disclosed
     or used (default: every group the policy row discloses); ``review_required`` defaults to
@@ -157,6 +166,7 @@ def record_access(
             review_required=opened.justified.review_required
             if review_required is None
             else review_required,
+            presence_method=presence_method,
         )
     )
 

@@ -27,16 +27,21 @@ def visit_is_open(now: datetime) -> ColumnElement[bool]:
 @dataclass(frozen=True, slots=True)
 class VisitCheck:
     """The visit that must justify an access: open, at the caller's store, for this customer
-    (or, to register a new customer, for none yet), and of type repair where required."""
+    (or, to register a new customer, for none yet), and of type repair where required. A repair
+    visit stays open for weeks: unless the view is one it justifies while open
+    (``presence_since`` None), it justifies only after a proof of presence since then."""
 
     visit_id: str
     store_id: str | None
     repair_only: bool = False
     for_new_customer: bool = False
+    presence_since: datetime | None = None
 
 
 @functools.cache
-def _visit_justifies(repair_only: bool, for_new_customer: bool) -> ColumnElement[bool]:
+def _visit_justifies(
+    repair_only: bool, for_new_customer: bool, presence_window: bool
+) -> ColumnElement[bool]:
     return exists().where(
         Visit.id == bindparam("v_id"),
         Visit.store_id == bindparam("v_store"),
@@ -44,6 +49,11 @@ def _visit_justifies(repair_only: bool, for_new_customer: bool) -> ColumnElement
         or_(Visit.auto_close_at.is_(None), Visit.auto_close_at > bindparam("v_now")),
         Visit.customer_id.is_(None) if for_new_customer else Visit.customer_id == bindparam("c_id"),
         *([Visit.type == "repair"] if repair_only else []),
+        *(
+            [or_(Visit.type != "repair", Visit.presence_at > bindparam("v_presence_since"))]
+            if presence_window
+            else []
+        ),
     )
 
 
@@ -57,7 +67,7 @@ def wrapped_key(scope: KeyScope) -> ColumnElement[bytes | None]:
 
 @functools.cache
 def _access_statement(
-    kind: str, has_store: bool, visit: tuple[bool, bool] | None, with_contracts: bool
+    kind: str, has_store: bool, visit: tuple[bool, bool, bool] | None, with_contracts: bool
 ) -> Select[Any]:
     """Built once per shape: the values travel as bound parameters."""
 
@@ -112,12 +122,16 @@ async def load_for_access(
     statement = _access_statement(
         principal.kind,
         principal.store_id is not None,
-        None if visit is None else (visit.repair_only, visit.for_new_customer),
+        None
+        if visit is None
+        else (visit.repair_only, visit.for_new_customer, visit.presence_since is not None),
         with_contracts,
     )
     params = {**principal_params(principal), "c_id": customer_id}
     if visit is not None:
         params.update(v_id=visit.visit_id, v_store=visit.store_id, v_now=now)
+        if visit.presence_since is not None:
+            params["v_presence_since"] = visit.presence_since
     rows = (await session.execute(statement, params)).all()
     first = rows[0]
     return AccessRow(

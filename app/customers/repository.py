@@ -13,6 +13,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from app.access.repository import wrapped_key
 from app.crypto import KeyScope
 from app.models import ConsentEvent, Contract, Customer, CustomerKey, Store, Visit
+from app.models.base import utcnow
 
 
 async def contracts_of(session: AsyncSession, customer_id: str) -> Sequence[Contract]:
@@ -66,12 +67,14 @@ def add_consent_event(session: AsyncSession, event: ConsentEvent) -> None:
     session.add(event)
 
 
-async def attach_to_open_visit(session: AsyncSession, visit_id: str, customer_id: str) -> bool:
+async def attach_to_open_visit(
+    session: AsyncSession, visit_id: str, customer_id: str, presence_method: str
+) -> bool:
     """Attach the customer to the visit if it has none yet; False if one was attached first."""
     attached = await session.execute(
         update(Visit)
         .where(Visit.id == visit_id, Visit.customer_id.is_(None))
-        .values(customer_id=customer_id)
+        .values(customer_id=customer_id, presence_at=utcnow(), presence_method=presence_method)
     )
     return bool(attached.rowcount == 1)  # type: ignore[attr-defined]
 

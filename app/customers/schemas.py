@@ -10,6 +10,8 @@ from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_
 
 from app.kit.schemas import Patch, Strict
 from app.policy import FieldGroup
+from app.presence.proofs import weak_pin_reason
+from app.presence.schemas import Pin
 from app.validation.documents import DocumentType, normalise_document_number
 from app.validation.email import normalise_email
 from app.validation.fields import (
@@ -56,6 +58,17 @@ class CustomerCreate(Strict):
     email: Email | None = None
     identity_document: IdentityDocumentIn
     consents: ConsentsIn = Field(default_factory=ConsentsIn)
+    pin: Pin = Field(
+        description="The customer's 4-digit PIN (暗証番号), chosen by them on the keypad: their "
+        "proof of presence at later visits. Kept only as a keyed hash; never returned."
+    )
+
+    @model_validator(mode="after")
+    def _pin_not_weak(self) -> CustomerCreate:
+        reason = weak_pin_reason(self.pin, date_of_birth=self.date_of_birth, phone_e164=self.phone)
+        if reason is not None:
+            raise ValueError(reason)
+        return self
 
 
 class ConsentsPatch(Strict):
@@ -74,10 +87,15 @@ class CustomerPatch(Patch):
     phone: Phone | None = None
     email: Email | None = None
     consents: ConsentsPatch | None = None
+    pin: Pin | None = Field(
+        default=None,
+        description="A new PIN: only with X-Visit-Id of a visit where the customer proved "
+        "presence (or a manager attached them with a reason).",
+    )
 
     @model_validator(mode="after")
     def _only_email_removable(self) -> CustomerPatch:
-        required = {"name", "name_kana", "date_of_birth", "postal_code", "address", "phone"}
+        required = {"name", "name_kana", "date_of_birth", "postal_code", "address", "phone", "pin"}
         for name in required & self.model_fields_set:
             if getattr(self, name) is None:
                 raise ValueError("only email may be removed")

@@ -43,12 +43,15 @@ from app.customers.schemas import (
     SearchRequest,
     SearchResult,
 )
-from app.errors import Conflict, PurposeNotAllowed, RateLimited
+from app.errors import Conflict, PurposeNotAllowed, RateLimited, ValidationFailed
 from app.kit.idempotency import idempotent_call
 from app.kit.ids import resource_of
 from app.models import ConsentEvent, Customer
 from app.models.base import new_id, utcnow
 from app.policy import PURPOSES_WHILE_SUSPENDED, FieldGroup
+from app.presence import repository as presence_repository
+from app.presence.proofs import PresenceMethod, new_salt, weak_pin_reason
+from app.presence.service import PresenceRequired
 from app.runtime import Runtime
 from app.uow import UnitOfWork
 from app.validation.email import normalise_email
@@ -138,9 +141,16 @@ async def add_customer(
     def seal(column: str, value: str) -> bytes:
         return seal_customer_field(ciphers, customer_id, column, value)
 
+    salt = new_salt()
+    proofs = runtime.proof_keys
     customer = Customer(
         id=customer_id,
         state="active",
+        proof_salt=salt,
+        pin_hash=proofs.pin_hash(salt, customer_id, body.pin),
+        document_hash=proofs.document_hash(salt, customer_id, document_number)
+        if document_number
+        else None,
         created_store_id=store_id,
         name_enc=seal("name", body.name),
         name_kana_enc=seal("name_kana", body.name_kana),
@@ -213,7 +223,8 @@ async def create_customer(
         recorded_by=ctx.principal.login,
         now=utcnow(),
     )
-    if not await repository.attach_to_open_visit(uow.session, visit_id, customer.id):
+    registered = PresenceMethod.REGISTERED.value  # present by definition
+    if not await repository.attach_to_open_visit(uow.session, visit_id, customer.id, registered):
         raise Conflict("The visit already has a customer.")
     await call.remember(uow.session, customer.id)
     opened = OpenedCustomer(
@@ -224,7 +235,14 @@ async def create_customer(
         contracts=(),
     )
     view = await _view(uow, runtime, opened)
-    record_access(uow, ctx, opened, action=Action.CREATE, resource=f"customers/{customer.id}")
+    record_access(
+        uow,
+        ctx,
+        opened,
+        action=Action.CREATE,
+        resource=f"customers/{customer.id}",
+        presence_method=registered,
+    )
     return view
 
 
@@ -242,7 +260,7 @@ async def correct_customer(
         scopes=frozenset(KeyScope),
         with_contracts=True,
     )
-    sent = patch.model_fields_set
+    sent = patch.model_fields_set - {"pin"}
     if any(
         CORRECTABLE[name] not in opened.groups
         or ctx.purpose not in CATALOGUE[CORRECTABLE[name]].correctable_for
@@ -258,6 +276,9 @@ async def correct_customer(
         )
     customer, reader = opened.customer, opened.reader
     changed: list[str] = []
+    if patch.pin is not None:
+        await _change_pin(uow, runtime, ctx, opened, patch.pin, resource)
+        changed.append("pin")
     for column in CORRECTABLE_COLUMNS:
         if column.name not in sent:
             continue
@@ -313,6 +334,47 @@ async def correct_customer(
         changed_fields=tuple(changed),
     )
     return view
+
+
+async def _change_pin(
+    uow: UnitOfWork,
+    runtime: Runtime,
+    ctx: AccessContext,
+    opened: OpenedCustomer,
+    pin: str,
+    resource: str,
+) -> None:
+    """A new PIN, only within a visit where the customer proved presence (or a manager attached
+    them with a reason: how a customer who forgot their PIN gets a new one) — never on a reason
+    or a customer request alone."""
+    proven = (
+        await presence_repository.visit_presence(uow.session, ctx.visit_id)
+        if opened.justified.visit_id is not None and ctx.visit_id is not None
+        else None
+    )
+    if proven is None:
+        raise denied(
+            ctx,
+            PresenceRequired,
+            action=Action.UPDATE,
+            resource=resource,
+            customer_ids=(opened.id,),
+            detail="A PIN is changed only within a visit where the customer proved presence.",
+        )
+    reader = opened.reader
+    weak = weak_pin_reason(
+        pin,
+        date_of_birth=date.fromisoformat(reader.required("date_of_birth")),
+        phone_e164=reader.required("phone"),
+    )
+    if weak is not None:
+        raise ValidationFailed(
+            extra={"errors": [{"loc": ["body", "pin"], "type": "weak_pin", "msg": weak}]}
+        )
+    salt = new_salt()
+    await presence_repository.set_pin(
+        uow.session, opened.id, salt, runtime.proof_keys.pin_hash(salt, opened.id, pin)
+    )
 
 
 async def search_customers(

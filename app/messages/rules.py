@@ -15,9 +15,9 @@ from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 from app.models import Visit
-from app.policy import Purpose
+from app.policy import WHILE_REPAIR_VISIT_OPEN, Purpose
 from app.roles import Role
-from app.visits.rules import VisitType, effective_closed_at
+from app.visits.rules import VisitType, effective_closed_at, presence_within
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 
@@ -70,10 +70,6 @@ MESSAGE_SENDERS: Mapping[Role, SenderRule] = {
 
 # How long after it closed a visit still justifies a message (a follow-up on a recent visit).
 VISIT_LOOKBACK = timedelta(days=14)
-# Purposes for which a technician's open repair visit justifies, however long it has been open
-# (the repair and support views of the read policy; see SPEC, "How long a visit justifies").
-TECHNICIAN_REPAIR_PURPOSES = frozenset({Purpose.REPAIR, Purpose.SUPPORT})
-
 # 特定電子メール法 and common courtesy: nothing non-urgent between 21:00 and 08:00 in Japan.
 QUIET_FROM = time(21, 0)
 QUIET_UNTIL = time(8, 0)
@@ -83,14 +79,6 @@ SMS_MAX_LENGTH = 670
 PRESENCE_CODE_TTL = timedelta(minutes=5)
 PRESENCE_CODES_PER_CUSTOMER = "3/hour"
 PRESENCE_CODES_PER_CALLER = "10/hour"
-
-
-def last_presence_at(visit: Visit) -> datetime:
-    """When the customer last proved they were there, for this visit.
-
-    Presence is not tracked yet: the visit's opening stands for it. This is the one place to
-    change when proofs of presence are recorded."""
-    return visit.opened_at
 
 
 def visit_justifies(
@@ -113,9 +101,9 @@ def visit_justifies(
         return False
     if visit.type != VisitType.REPAIR:
         return True
-    if role is Role.TECHNICIAN and purpose in TECHNICIAN_REPAIR_PURPOSES:
+    if (role, purpose) in WHILE_REPAIR_VISIT_OPEN:
         return True
-    return now - last_presence_at(visit) <= presence_window
+    return presence_within(visit, now, presence_window)
 
 
 def is_urgent(role: Role, category: Category, reason: str | None) -> bool:

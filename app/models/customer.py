@@ -45,6 +45,11 @@ class Customer(Base):
     marketing_email: Mapped[bool] = mapped_column(Boolean, default=False)
     marketing_sms: Mapped[bool] = mapped_column(Boolean, default=False)
 
+    # Proofs of presence, as keyed hashes only (app/presence/proofs.py), with their salt.
+    proof_salt: Mapped[bytes | None] = mapped_column(LargeBinary)
+    pin_hash: Mapped[str | None] = mapped_column(String(64))
+    document_hash: Mapped[str | None] = mapped_column(String(64))
+
     phone_bidx: Mapped[str] = mapped_column(String(80), index=True)
     email_bidx: Mapped[str | None] = mapped_column(String(80), index=True)
     kana_birth_bidx: Mapped[str] = mapped_column(String(80), index=True)

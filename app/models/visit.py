@@ -28,6 +28,10 @@ class Visit(Base):
     auto_close_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     notes_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The customer's last proof of presence within this visit, and how it was given: a repair
+    # visit justifies most access only within VISIT_AUTO_CLOSE_HOURS of it.
+    presence_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    presence_method: Mapped[str | None] = mapped_column(String(32))
 
     repair_device_model: Mapped[str | None] = mapped_column(String(100))
     repair_symptom_enc: Mapped[bytes | None] = mapped_column(LargeBinary)

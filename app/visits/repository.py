@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.repository import visit_is_open
 from app.kit.pagination import PageRequest, newest_first
-from app.models import Customer, ServiceKey, Store, Visit
+from app.models import ServiceKey, Store, Visit
 
 
 async def in_store(
@@ -72,12 +72,6 @@ async def close(session: AsyncSession, visit_id: str, now: datetime) -> bool:
         update(Visit).where(Visit.id == visit_id, Visit.closed_at.is_(None)).values(closed_at=now)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
-
-
-async def customer_state(session: AsyncSession, customer_id: str) -> str | None:
-    return (
-        await session.execute(select(Customer.state).where(Customer.id == customer_id))
-    ).scalar_one_or_none()
 
 
 async def service_key(session: AsyncSession, name: str) -> ServiceKey | None:

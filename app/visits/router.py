@@ -15,6 +15,7 @@ from app.kit import idempotency
 from app.kit.deps import IdempotencyKeyHeader, RuntimeDep
 from app.kit.pagination import PageDep
 from app.policy import Operation
+from app.presence.schemas import PresenceAgain
 from app.problems import problem_responses
 from app.uow import UnitOfWorkDep
 from app.visits import service
@@ -38,9 +39,11 @@ def _text_request(
     purpose: Annotated[str | None, PURPOSE_HEADER] = None,
     reason: Annotated[str | None, REASON_HEADER] = None,
 ) -> service.TextRequest | None:
-    if purpose is None:
+    if purpose is None and reason is None:
         return None
-    return service.TextRequest(parse_purpose(purpose), parse_reason(reason))
+    return service.TextRequest(
+        parse_purpose(purpose) if purpose is not None else None, parse_reason(reason)
+    )
 
 
 TextAsked = Annotated[service.TextRequest | None, Depends(_text_request)]
@@ -125,6 +128,26 @@ async def update_visit(
     uow: UnitOfWorkDep,
 ) -> VisitView:
     return await service.update_visit(uow, runtime, principal, visit_id, body, asked=asked)
+
+
+@router.post(
+    "/{visit_id}/presence",
+    response_model=VisitView,
+    response_model_exclude_unset=True,
+    responses=problem_responses(404, 409),
+)
+async def prove_presence_again(
+    asked: TextAsked,
+    principal: StoreStaff,
+    visit_id: str,
+    body: PresenceAgain,
+    runtime: RuntimeDep,
+    uow: UnitOfWorkDep,
+) -> VisitView:
+    """The visit's customer is back at the counter (e.g. to pick up a repair) and proves
+    presence again: `presence` as when attaching (a manager may send `X-Access-Reason`
+    instead). A repair visit then justifies access again for `VISIT_AUTO_CLOSE_HOURS`."""
+    return await service.prove_presence_again(uow, runtime, principal, visit_id, body, asked=asked)
 
 
 @router.post(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from app.config import Settings
 from app.models import Visit
 
 
@@ -45,6 +46,15 @@ def effective_closed_at(visit: Visit, now: datetime) -> datetime | None:
     if visit.auto_close_at is not None and visit.auto_close_at <= now:
         return visit.auto_close_at
     return None
+
+
+def presence_window(settings: Settings) -> timedelta:
+    """How long a proof of presence keeps a (repair) visit justifying access."""
+    return timedelta(hours=settings.visit_auto_close_hours)
+
+
+def presence_within(visit: Visit, now: datetime, window: timedelta) -> bool:
+    return visit.presence_at is not None and visit.presence_at > now - window
 
 
 def is_open(visit: Visit, now: datetime) -> bool:

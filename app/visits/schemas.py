@@ -1,13 +1,25 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, model_validator
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
 
+from app.kit.ids import canonical_id
 from app.kit.schemas import Patch, Strict
+from app.presence.schemas import Presence
 from app.validation.fields import Notes, ShortText
 from app.visits.rules import RepairStatus, VisitType
+
+
+def _canonical(value: str) -> str:
+    canonical = canonical_id(value)
+    if canonical is None:
+        raise ValueError("a customer id")
+    return canonical
+
+
+CustomerId = Annotated[str, StringConstraints(max_length=64), AfterValidator(_canonical)]
 
 
 class RepairIn(Strict):
@@ -17,14 +29,21 @@ class RepairIn(Strict):
 
 class VisitCreate(Strict):
     type: VisitType
-    customer_id: str | None = None
+    customer_id: CustomerId | None = None
+    presence: Presence | None = Field(
+        default=None,
+        description="With `customer_id`: the customer's proof of presence (a manager may send "
+        "X-Access-Reason instead).",
+    )
     notes: Notes | None = None
     repair: RepairIn | None = None
 
     @model_validator(mode="after")
-    def _repair_matches_type(self) -> VisitCreate:
+    def _consistent(self) -> VisitCreate:
         if (self.type is VisitType.REPAIR) != (self.repair is not None):
             raise ValueError("a repair visit carries `repair`; other visits do not")
+        if self.presence is not None and self.customer_id is None:
+            raise ValueError("`presence` goes with `customer_id`")
         return self
 
 
@@ -33,9 +52,16 @@ class RepairPatch(Strict):
 
 
 class VisitPatch(Patch):
-    customer_id: str | None = None
+    customer_id: CustomerId | None = None
+    presence: Presence | None = None
     notes: Notes | None = None
     repair: RepairPatch | None = None
+
+    @model_validator(mode="after")
+    def _presence_with_customer(self) -> VisitPatch:
+        if self.presence is not None and self.customer_id is None:
+            raise ValueError("`presence` goes with `customer_id`")
+        return self
 
 
 class RepairOut(BaseModel):

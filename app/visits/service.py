@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -19,8 +19,10 @@ from app.kit.ids import canonical_id, resource_of
 from app.kit.pagination import Keyset, PageRequest, cut_page
 from app.models import Visit
 from app.models.base import new_id, utcnow
-from app.policy import FieldGroup, Justification, Purpose, rule_for
-from app.roles import Role
+from app.policy import WHILE_REPAIR_VISIT_OPEN, FieldGroup, Justification, Purpose, rule_for
+from app.presence import service as presence_service
+from app.presence.repository import mark_present
+from app.presence.schemas import Presence, PresenceAgain
 from app.runtime import Runtime
 from app.uow import UnitOfWork
 from app.visits import repository
@@ -31,6 +33,8 @@ from app.visits.rules import (
     auto_close_at,
     effective_closed_at,
     may_advance,
+    presence_window,
+    presence_within,
 )
 from app.visits.schemas import RepairOut, VisitCreate, VisitList, VisitPatch, VisitView
 
@@ -72,11 +76,12 @@ async def ensure_service_keys(runtime: Runtime) -> None:
 
 @dataclass(frozen=True, slots=True)
 class TextRequest:
-    """A caller asking, with a purpose header, for the free text of visits (notes, a repair's
-    symptom): text about a person, answered only where that purpose's row gives ``repairs`` and
-    the visit itself justifies it."""
+    """The optional headers of a visit route. With a purpose, the caller asks for the free text
+    of visits (notes, a repair's symptom): text about a person, answered only where that
+    purpose's row gives ``repairs`` and the visit itself justifies it. The reason also stands
+    for a manager's attach without the customer's proof of presence."""
 
-    purpose: Purpose
+    purpose: Purpose | None
     reason: str | None
 
 
@@ -93,7 +98,7 @@ class TextAccess:
 def admit_text(principal: Principal, asked: TextRequest | None, resource: str) -> TextAccess | None:
     """``None`` when no purpose was sent; a recorded ``403`` when the row does not give
     ``repairs`` (sales never see visit notes)."""
-    if asked is None:
+    if asked is None or asked.purpose is None:
         return None
     rule = rule_for(principal.role, asked.purpose)
     if rule is None or FieldGroup.REPAIRS not in rule.groups:
@@ -110,15 +115,16 @@ def admit_text(principal: Principal, asked: TextRequest | None, resource: str) -
     return TextAccess(principal, asked.purpose, asked.reason, rule.justification)
 
 
-def _text_justified(access: TextAccess, visit: Visit, now: datetime) -> tuple[bool, bool]:
+def _text_justified(
+    access: TextAccess, visit: Visit, now: datetime, window: timedelta
+) -> tuple[bool, bool]:
     """(may the text of this visit be answered, is the look queued for review)."""
-    open_for_its_customer = (
-        visit.customer_id is not None and effective_closed_at(visit, now) is None
-    )
-    if open_for_its_customer and (
-        access.principal.role is not Role.TECHNICIAN or visit.type == VisitType.REPAIR
-    ):
-        return True, False
+    if visit.customer_id is not None and effective_closed_at(visit, now) is None:
+        if (access.principal.role, access.purpose) in WHILE_REPAIR_VISIT_OPEN:
+            if visit.type == VisitType.REPAIR:
+                return True, False
+        elif visit.type != VisitType.REPAIR or presence_within(visit, now, window):
+            return True, False
     if access.justification is Justification.VISIT_OR_REASON and access.reason is not None:
         return True, True
     return False, False
@@ -126,6 +132,7 @@ def _text_justified(access: TextAccess, visit: Visit, now: datetime) -> tuple[bo
 
 def _disclose_texts(
     uow: UnitOfWork,
+    runtime: Runtime,
     access: TextAccess | None,
     visits: Sequence[Visit],
     resource: str,
@@ -137,7 +144,7 @@ def _disclose_texts(
     shown: list[Visit] = []
     review = False
     for visit in visits:
-        allowed, queued = _text_justified(access, visit, now)
+        allowed, queued = _text_justified(access, visit, now, presence_window(runtime.settings))
         if allowed:
             shown.append(visit)
             review = review or queued
@@ -196,19 +203,39 @@ def _view(
 
 
 async def _attach_customer(
-    uow: UnitOfWork, principal: Principal, visit: Visit, customer_id: str
+    uow: UnitOfWork,
+    runtime: Runtime,
+    principal: Principal,
+    visit: Visit,
+    customer_id: str,
+    presence: Presence | None,
+    asked: TextRequest | None,
+    *,
+    resource: str,
 ) -> None:
-    cid = canonical_id(customer_id)
-    state = await repository.customer_state(uow.session, cid) if cid else None
-    if cid is None or state is None or state == "erased":
-        raise NotFound("No such customer.")
-    visit.customer_id = cid
+    """Attach an existing customer on their proof of presence (or a manager's reason)."""
+    now = utcnow()
+    proven = await presence_service.prove(
+        uow,
+        runtime,
+        principal,
+        customer_id,
+        presence,
+        reason=asked.reason if asked else None,
+        resource=resource,
+        now=now,
+    )
+    visit.customer_id = customer_id
+    mark_present(visit, proven.method.value, now)
     uow.record(
         EventDraft(
             actor=principal.actor,
             action=Action.ATTACH,
             resource=f"visits/{visit.id}",
-            customer_ids=(cid,),
+            reason=proven.reason,
+            customer_ids=(customer_id,),
+            review_required=proven.review_required,
+            presence_method=proven.method.value,
         )
     )
 
@@ -257,10 +284,19 @@ async def open_visit(
         visit.repair_status = RepairStatus.RECEIVED.value
         visit.repair_updated_at = now
     if body.customer_id is not None:
-        await _attach_customer(uow, principal, visit, body.customer_id)
+        await _attach_customer(
+            uow,
+            runtime,
+            principal,
+            visit,
+            body.customer_id,
+            body.presence,
+            asked,
+            resource="visits",
+        )
     await repository.add(uow.session, visit)
     await call.remember(uow.session, visit_id)
-    texts = _disclose_texts(uow, access, [visit], f"visits/{visit_id}", now)
+    texts = _disclose_texts(uow, runtime, access, [visit], f"visits/{visit_id}", now)
     return _view(visit, principal.store_code or "", cipher, now, texts=visit.id in texts)
 
 
@@ -291,7 +327,7 @@ async def get_visit(
     access = admit_text(principal, asked, resource)
     visit, code = await _load(uow, principal, visit_id, lock=False)
     now = utcnow()
-    texts = _disclose_texts(uow, access, [visit], f"visits/{visit.id}", now)
+    texts = _disclose_texts(uow, runtime, access, [visit], f"visits/{visit.id}", now)
     if access is not None and not texts and refuse:
         raise VisitRequired(
             "This visit does not justify reading its notes: it must be open, have its customer "
@@ -324,7 +360,7 @@ async def list_open_visits(
     await repository.close_expired(uow.session, store_id, now)
     rows = await repository.open_in_store(uow.session, store_id, now, page)
     shown, next_cursor = cut_page(rows, page, lambda row: Keyset(row[0].opened_at, row[0].id))
-    texts = _disclose_texts(uow, access, [v for v, _ in shown], "visits", now)
+    texts = _disclose_texts(uow, runtime, access, [v for v, _ in shown], "visits", now)
     cipher = await notes_cipher(uow, runtime)
     return VisitList(
         items=[_view(v, code, cipher, now, texts=v.id in texts) for v, code in shown],
@@ -352,7 +388,16 @@ async def update_visit(
             raise Conflict("A customer is already attached to this visit.")
         if patch.customer_id is None:
             raise ValidationFailed("customer_id may not be null.")
-        await _attach_customer(uow, principal, visit, patch.customer_id)
+        await _attach_customer(
+            uow,
+            runtime,
+            principal,
+            visit,
+            patch.customer_id,
+            patch.presence,
+            asked,
+            resource=f"visits/{visit.id}",
+        )
     if "notes" in patch.model_fields_set:
         visit.notes_enc = (
             cipher.encrypt(patch.notes, table="visit", column="notes", row_id=visit.id)
@@ -370,8 +415,39 @@ async def update_visit(
         if patch.repair.status is RepairStatus.RETURNED:
             visit.closed_at = now
     await repository.flush(uow.session)
-    texts = _disclose_texts(uow, access, [visit], f"visits/{visit.id}", now)
+    texts = _disclose_texts(uow, runtime, access, [visit], f"visits/{visit.id}", now)
     return _view(visit, code, cipher, now, texts=visit.id in texts)
+
+
+async def prove_presence_again(
+    uow: UnitOfWork,
+    runtime: Runtime,
+    principal: Principal,
+    visit_id: str,
+    body: PresenceAgain,
+    *,
+    asked: TextRequest | None = None,
+) -> VisitView:
+    """The visit's customer proves presence again (back at the counter): the visit justifies
+    access again for VISIT_AUTO_CLOSE_HOURS."""
+    visit, code = await _load(uow, principal, visit_id, lock=True)
+    now = utcnow()
+    if effective_closed_at(visit, now) is not None:
+        raise Conflict("The visit is closed.")
+    if visit.customer_id is None:
+        raise Conflict("No customer is attached to this visit.")
+    await _attach_customer(
+        uow,
+        runtime,
+        principal,
+        visit,
+        visit.customer_id,
+        body.presence,
+        asked,
+        resource=f"visits/{visit.id}/presence",
+    )
+    await repository.flush(uow.session)
+    return _view(visit, code, None, now, texts=False)
 
 
 async def close_visit(
