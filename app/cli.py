@@ -124,7 +124,7 @@ def in_unit_of_work(
                     raise
                 return result
         finally:
-            await runtime.engine.dispose()
+            await runtime.close()
 
     return asyncio.run(run())
 

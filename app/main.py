@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await ensure_service_keys(runtime)
         yield
-        await runtime.engine.dispose()
+        await runtime.close()
 
     app = FastAPIOffline(
         title="shopvault",

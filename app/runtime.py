@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.audit.chain import derive_chain_key
+from app.audit.alerts import AlertMonitor, alert_rules
+from app.audit.chain import AuditKeys
+from app.audit.integrity import AuditIntegrity, CheckpointScheduler
 from app.audit.repository import AuditLog
 from app.auth.tokens import TokenCodec
 from app.blind_index import BlindIndex
@@ -26,7 +28,11 @@ class Runtime:
     tokens: TokenCodec
     limits: RateLimits
     chain_key: bytes
+    audit_keys: AuditKeys
     audit_log: AuditLog
+    integrity: AuditIntegrity
+    checkpoints: CheckpointScheduler
+    alerts: AlertMonitor
     vault: Vault
     blind_index: BlindIndex
 
@@ -34,12 +40,19 @@ class Runtime:
     def build(cls, settings: Settings) -> Runtime:
         keys = load_keys(settings)
         engine = create_request_engine(settings.resolved_database_url)
-        chain_key = derive_chain_key(keys.index)
+        sessions = session_factory(engine)
+        audit_keys = AuditKeys.derive(keys.index)
+        audit_log = AuditLog(audit_keys)
+        integrity = AuditIntegrity(settings, audit_keys, clock=audit_log.now)
+        checkpoints = CheckpointScheduler(integrity)
+        alerts = AlertMonitor(sessions, alert_rules(settings))
+        audit_log.listen(checkpoints.on_append)
+        audit_log.listen(alerts.on_append)
         return cls(
             settings=settings,
             keys=keys,
             engine=engine,
-            sessions=session_factory(engine),
+            sessions=sessions,
             tokens=TokenCodec(
                 keys.jwt,
                 issuer=settings.jwt_issuer,
@@ -47,8 +60,25 @@ class Runtime:
                 ttl_seconds=settings.token_ttl_seconds,
             ),
             limits=RateLimits(settings.redis_url),
-            chain_key=chain_key,
-            audit_log=AuditLog(chain_key),
+            chain_key=audit_keys.chain,
+            audit_keys=audit_keys,
+            audit_log=audit_log,
+            integrity=integrity,
+            checkpoints=checkpoints,
+            alerts=alerts,
             vault=Vault(keys.master),
             blind_index=BlindIndex(keys.index),
         )
+
+    async def drain(self) -> None:
+        """Wait for the work started after appends (alert evaluation, a checkpoint)."""
+        await self.alerts.drain()
+        await self.checkpoints.drain()
+
+    async def close(self) -> None:
+        """Finish background work (checkpointing this process's last events), then let go of
+        the databases."""
+        await self.alerts.drain()
+        await self.checkpoints.close()
+        self.integrity.dispose()
+        await self.engine.dispose()

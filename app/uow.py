@@ -24,7 +24,6 @@ from app.audit.repository import AuditLog
 from app.auth import repository as auth_repository
 from app.auth.tokens import Principal
 from app.errors import AuditUnavailable, Problem, ServiceUnavailable, Unauthorized
-from app.models.base import utcnow
 from app.request_context import current_request_id
 from app.runtime import Runtime
 
@@ -65,7 +64,7 @@ class UnitOfWork:
         events, self._events = self._events, []
         try:
             await self._audit_log.commit(
-                self.session, events, request_id=current_request_id(), at=utcnow()
+                self.session, events, request_id=current_request_id(), at=self._audit_log.now()
             )
         except SQLAlchemyError as exc:
             await self.rollback()

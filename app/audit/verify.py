@@ -1,0 +1,437 @@
+"""Verification of the access log: every chain whole, sealed, registered, and as long as the
+newest checkpoint says.
+
+Rows are streamed as plain tuples (no ORM objects) and each event's canonical encoding is built
+straight from them; verification reads one consistent snapshot (heads and events together).
+
+Problems, by name:
+
+- ``hash-mismatch``: an event's seal does not match its content, its link to the previous event
+  is broken, or it differs from the hash a checkpoint recorded for it;
+- ``seq-gap``: a chain's sequence skips numbers (an event was deleted);
+- ``tail-truncated``: a chain ends before its head or its newest checkpoint, or its head is
+  missing or not authenticated;
+- ``chain-missing``: a chain that is registered, or named by a checkpoint, has no events;
+- ``chain-unregistered``: a chain in the log with no authenticated registration.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from app.audit.chain import (
+    CANONICAL_JSON,
+    GENESIS_HASH,
+    HASHED_FIELDS_BY_VERSION,
+    AuditKeys,
+    seal_encoded,
+)
+from app.audit.checkpoints import Fold, Head
+
+HASH_MISMATCH = "hash-mismatch"
+SEQ_GAP = "seq-gap"
+TAIL_TRUNCATED = "tail-truncated"
+CHAIN_MISSING = "chain-missing"
+CHAIN_UNREGISTERED = "chain-unregistered"
+
+MAX_PROBLEMS = 100
+BATCH = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    problem: str
+    chain: str
+    seq: int | None = None
+    event_id: str | None = None
+    at: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "problem": self.problem,
+            "chain": self.chain,
+            "seq": self.seq,
+            "event_id": self.event_id,
+        }
+
+
+@dataclass
+class Verification:
+    full: bool
+    checked: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    more_problems: int = 0
+    # The committed heads that were verified (what a checkpoint after it records).
+    heads: dict[str, Head] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    @property
+    def first_bad_id(self) -> str | None:
+        with_events = [f for f in self.findings if f.event_id is not None]
+        if not with_events:
+            return None
+        return min(with_events, key=lambda f: (f.at or "", f.chain, f.seq or 0)).event_id
+
+    def report(self, finding: Finding) -> None:
+        if len(self.findings) >= MAX_PROBLEMS:
+            self.more_problems += 1
+            return
+        if finding not in self.findings:
+            self.findings.append(finding)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "first_bad_id": self.first_bad_id,
+            "problems": [finding.as_dict() for finding in self.findings],
+        }
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+# The columns in a fixed order; ``at`` as the canonical text, customer ids as one JSON array.
+_COLUMNS = (
+    "id, chain, seq, {at}, actor, actor_id, role, store, terminal, purpose, reason, action, "
+    "resource, {fields}, {changed}, result_count, outcome, denial, review_required, request_id, "
+    "encoding_version, presence_method, subject_request_id, count, prev_hash, hash, {links}"
+)
+_POSTGRES_SELECT = _COLUMNS.format(
+    at="to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    fields="e.fields::text",
+    changed="e.changed_fields::text",
+    links="(SELECT json_agg(l.customer_id ORDER BY l.position)::text "
+    "FROM access_event_customer l WHERE l.event_id = e.id)",
+)
+_SQLITE_SELECT = _COLUMNS.format(
+    # SQLAlchemy stores SQLite datetimes as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC, see UTCDateTime).
+    at="replace(e.at, ' ', 'T') || 'Z'",
+    fields="e.fields",
+    changed="e.changed_fields",
+    links="(SELECT json_group_array(customer_id) FROM (SELECT l.customer_id "
+    "FROM access_event_customer l WHERE l.event_id = e.id ORDER BY l.position))",
+)
+
+# Loose index scan: the distinct chains in a few index probes each, however many events.
+_CHAINS_WITH_EVENTS = text(
+    "WITH RECURSIVE c(chain) AS ("
+    " SELECT min(chain) FROM access_event"
+    " UNION ALL"
+    " SELECT (SELECT min(e.chain) FROM access_event e WHERE e.chain > c.chain)"
+    " FROM c WHERE c.chain IS NOT NULL"
+    ") SELECT chain FROM c WHERE chain IS NOT NULL"
+)
+
+
+def _select(connection: Connection) -> str:
+    return _POSTGRES_SELECT if connection.dialect.name == "postgresql" else _SQLITE_SELECT
+
+
+def _stream(connection: Connection, sql: str, params: dict[str, Any]) -> Iterator[Sequence[Any]]:
+    result = connection.execution_options(stream_results=True, yield_per=BATCH).exec_driver_sql(
+        sql, params
+    )
+    for partition in result.partitions():
+        yield from partition
+
+
+# The statements are built from the constants above only (no caller input in their text).
+def _all_events(connection: Connection) -> Iterator[Sequence[Any]]:
+    sql = f"SELECT {_select(connection)} FROM access_event e ORDER BY e.chain, e.seq"  # noqa: S608
+    return _stream(connection, sql, {})
+
+
+def _chain_events(connection: Connection, chain: str, from_seq: int) -> Iterator[Sequence[Any]]:
+    placeholder = "%(chain)s" if connection.dialect.name == "postgresql" else ":chain"
+    seq = "%(seq)s" if connection.dialect.name == "postgresql" else ":seq"
+    sql = (
+        f"SELECT {_select(connection)} FROM access_event e "  # noqa: S608
+        f"WHERE e.chain = {placeholder} AND e.seq >= {seq} ORDER BY e.seq"
+    )
+    return _stream(connection, sql, {"chain": chain, "seq": from_seq})
+
+
+# --- sealing a row -------------------------------------------------------------------------------
+
+_V1 = HASHED_FIELDS_BY_VERSION[1]
+_V2 = HASHED_FIELDS_BY_VERSION[2]
+
+
+def _json_list(value: Any) -> Any:
+    if value is None or isinstance(value, list):
+        return value
+    return json.loads(value)
+
+
+def _encoded(row: Sequence[Any]) -> bytes | None:
+    """The canonical encoding of a streamed row (None: an unknown encoding version)."""
+    (
+        id_,
+        chain,
+        seq,
+        at,
+        actor,
+        actor_id,
+        role,
+        store,
+        terminal,
+        purpose,
+        reason,
+        action,
+        resource,
+        fields,
+        changed,
+        result_count,
+        outcome,
+        denial,
+        review_required,
+        request_id,
+        version,
+        presence_method,
+        subject_request_id,
+        count,
+        _prev,
+        _hash,
+        links,
+    ) = row
+    payload = {
+        "id": id_,
+        "chain": chain,
+        "seq": seq,
+        "at": at,
+        "actor": actor,
+        "actor_id": actor_id,
+        "role": role,
+        "store": store,
+        "terminal": terminal,
+        "purpose": purpose,
+        "reason": reason,
+        "action": action,
+        "resource": resource,
+        "customer_ids": _json_list(links) or [],
+        "fields": _json_list(fields),
+        "changed_fields": _json_list(changed),
+        "result_count": result_count,
+        "outcome": outcome,
+        "denial": denial,
+        "review_required": None if review_required is None else bool(review_required),
+        "request_id": request_id,
+        "encoding_version": version,
+    }
+    if version == 2:
+        payload["presence_method"] = presence_method
+        payload["subject_request_id"] = subject_request_id
+        payload["count"] = count
+    elif version != 1:
+        return None
+    return CANONICAL_JSON.encode(payload).encode()
+
+
+# --- one chain ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _HeadRow:
+    seq: int
+    hash: str
+    mac: str
+
+
+class _ChainCheck:
+    def __init__(
+        self,
+        verification: Verification,
+        keys: AuditKeys,
+        chain: str,
+        *,
+        start: Head | None,
+        checkpoint: Head | None,
+        head: _HeadRow | None,
+        registered: bool,
+    ) -> None:
+        self.v = verification
+        self.key = keys.chain
+        self.keys = keys
+        self.chain = chain
+        self.start = start
+        self.checkpoint = checkpoint
+        self.head = head
+        self.registered = registered
+        self.expect = (start[0] if start else 0) + 1
+        self.prev = start[1] if start else GENESIS_HASH
+        self.start_seen = start is None or start[0] == 0
+        self.events = 0
+        self.last_seq = start[0] if start else 0
+
+    def feed(self, row: Sequence[Any]) -> None:
+        v = self.v
+        event_id, seq, at, prev_hash, stored = row[0], row[2], row[3], row[24], row[25]
+        v.checked += 1
+        self.events += 1
+        if self.start is not None and seq == self.start[0]:
+            # Where the last verification stopped: the event must still be the one it saw.
+            self.start_seen = True
+            if stored != self.start[1]:
+                v.report(Finding(HASH_MISMATCH, self.chain, seq, event_id, at))
+            return
+        if seq != self.expect:
+            v.report(Finding(SEQ_GAP, self.chain, seq, event_id, at))
+        elif prev_hash != self.prev:
+            v.report(Finding(HASH_MISMATCH, self.chain, seq, event_id, at))
+        encoded = _encoded(row)
+        if encoded is None or not hmac.compare_digest(
+            seal_encoded(self.key, prev_hash, encoded), stored
+        ):
+            v.report(Finding(HASH_MISMATCH, self.chain, seq, event_id, at))
+        if (
+            self.checkpoint is not None
+            and seq == self.checkpoint[0]
+            and stored != self.checkpoint[1]
+        ):
+            v.report(Finding(HASH_MISMATCH, self.chain, seq, event_id, at))
+        self.prev = stored
+        self.expect = seq + 1
+        self.last_seq = seq
+
+    def finish(self) -> None:
+        v, chain = self.v, self.chain
+        if not self.registered:
+            v.report(Finding(CHAIN_UNREGISTERED, chain))
+        if self.events == 0 and (self.start is None or self.start[0] == 0):
+            v.report(Finding(CHAIN_MISSING, chain))
+            return
+        if not self.start_seen:
+            # Events the last verification saw are gone.
+            v.report(Finding(TAIL_TRUNCATED, chain, self.start[0] if self.start else None))
+            return
+        if self.checkpoint is not None and self.last_seq < self.checkpoint[0]:
+            v.report(Finding(TAIL_TRUNCATED, chain, self.checkpoint[0]))
+        head = self.head
+        if head is None or not hmac.compare_digest(
+            self.keys.head_mac(chain, head.seq, head.hash), head.mac
+        ):
+            v.report(Finding(TAIL_TRUNCATED, chain, head.seq if head else None))
+        elif head.seq != self.last_seq:
+            v.report(Finding(TAIL_TRUNCATED, chain, head.seq))
+        elif head.hash != self.prev:
+            v.report(Finding(HASH_MISMATCH, chain, head.seq))
+        else:
+            v.heads[chain] = (head.seq, head.hash)
+
+
+# --- the whole log -------------------------------------------------------------------------------
+
+
+def _heads(connection: Connection) -> dict[str, _HeadRow]:
+    rows = connection.execute(text("SELECT chain, seq, head_hash, mac FROM audit_chain"))
+    return {chain: _HeadRow(int(seq), head_hash, mac) for chain, seq, head_hash, mac in rows}
+
+
+def _registered(connection: Connection, keys: AuditKeys) -> set[str]:
+    from app.models import AuditChainRegistry
+
+    rows = connection.execute(
+        AuditChainRegistry.__table__.select()  # typed datetimes, for the MAC's timestamp
+    )
+    return {
+        row.chain
+        for row in rows
+        if hmac.compare_digest(keys.registry_mac(row.chain, row.registered_at), row.mac)
+    }
+
+
+def checkpoint_lines(connection: Connection) -> list[str]:
+    return list(connection.execute(text("SELECT line FROM audit_checkpoint")).scalars())
+
+
+def verify(
+    connection: Connection,
+    keys: AuditKeys,
+    checkpoints: Fold,
+    *,
+    full: bool,
+) -> Verification:
+    """Verify the log as this connection's transaction sees it, against the checkpoints.
+
+    ``full``: every event from each chain's start; otherwise from where the last passing
+    verification (``checkpoints.verified``) left each chain."""
+    verification = Verification(full=full)
+    heads = _heads(connection)
+    registered = _registered(connection, keys)
+    with_events = set(connection.execute(_CHAINS_WITH_EVENTS).scalars())
+    chains = sorted(set(heads) | registered | set(checkpoints.heads) | with_events)
+
+    def check(chain: str, start: Head | None) -> _ChainCheck:
+        return _ChainCheck(
+            verification,
+            keys,
+            chain,
+            start=start,
+            checkpoint=checkpoints.heads.get(chain),
+            head=heads.get(chain),
+            registered=chain in registered,
+        )
+
+    if full:
+        checks = {chain: check(chain, None) for chain in chains}
+        for row in _all_events(connection):
+            checks[row[1]].feed(row)
+        for chain in chains:
+            checks[chain].finish()
+        return verification
+
+    for chain in chains:
+        start = checkpoints.verified.get(chain)
+        current = check(chain, start)
+        for row in _chain_events(connection, chain, start[0] if start else 0):
+            current.feed(row)
+        current.finish()
+    return verification
+
+
+def changed_heads(current: dict[str, Head], fold: Fold) -> dict[str, Head]:
+    return {chain: head for chain, head in current.items() if fold.heads.get(chain) != head}
+
+
+def compare_heads(
+    connection: Connection, keys: AuditKeys, fold: Fold
+) -> tuple[dict[str, Head], list[Finding]]:
+    """The committed heads, compared with the newest checkpoint (a cheap check, not a
+    verification): each authenticated and registered, no chain missing or shorter than the
+    checkpoint, and the event at the checkpoint's head still the one it recorded."""
+    heads = _heads(connection)
+    registered = _registered(connection, keys)
+    findings: list[Finding] = []
+    current: dict[str, Head] = {}
+    for chain, row in heads.items():
+        if not hmac.compare_digest(keys.head_mac(chain, row.seq, row.hash), row.mac):
+            findings.append(Finding(TAIL_TRUNCATED, chain, row.seq))
+        elif chain not in registered:
+            findings.append(Finding(CHAIN_UNREGISTERED, chain))
+        else:
+            current[chain] = (row.seq, row.hash)
+    findings.extend(Finding(CHAIN_MISSING, chain) for chain in sorted(registered - set(heads)))
+    statement = text("SELECT hash FROM access_event WHERE chain = :chain AND seq = :seq")
+    for chain, (seq, digest) in fold.heads.items():
+        head = heads.get(chain)
+        if head is None:
+            if chain in registered:
+                continue  # reported above
+            findings.append(Finding(CHAIN_MISSING, chain))
+        elif head.seq < seq:
+            findings.append(Finding(TAIL_TRUNCATED, chain, seq))
+        elif head.seq == seq:
+            if head.hash != digest:
+                findings.append(Finding(HASH_MISMATCH, chain, seq))
+        elif connection.execute(statement, {"chain": chain, "seq": seq}).scalar() != digest:
+            findings.append(Finding(HASH_MISMATCH, chain, seq))
+    return current, findings
