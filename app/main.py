@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app.admin.router import router as admin_router
+from app.audit.router import router as audit_router
 from app.auth.router import router as auth_router
 from app.config import Settings
 from app.customers.router import router as customers_router
@@ -65,7 +66,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     install_problem_handlers(app)
     app.add_middleware(RequestMiddleware, metrics=metrics)
-    for router in (ops_router, auth_router, admin_router, visits_router, customers_router):
+    for router in (
+        ops_router,
+        auth_router,
+        admin_router,
+        visits_router,
+        customers_router,
+        audit_router,
+    ):
         app.include_router(router)
 
     def openapi() -> dict[str, Any]:

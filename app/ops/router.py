@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.audit.service import open_alerts_by_rule
 from app.errors import ServiceUnavailable
 from app.migrate import head_revisions
 from app.problems import problem_catalogue, problem_responses
@@ -37,10 +38,18 @@ async def readyz(runtime: RuntimeDep) -> dict[str, str]:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
-    """Prometheus metrics (request counts and latencies by route template)."""
-    registry = request.app.state.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request, runtime: RuntimeDep) -> Response:
+    """Prometheus metrics (request counts and latencies by route template, open alerts by
+    rule)."""
+    metrics = request.app.state.metrics
+    try:
+        open_alerts = await open_alerts_by_rule(runtime)
+    except SQLAlchemyError:
+        open_alerts = None  # the request metrics are still worth serving
+    if open_alerts is not None:
+        for rule, count in open_alerts.items():
+            metrics.open_alerts.labels(rule).set(count)
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/problems", include_in_schema=False)
