@@ -304,11 +304,11 @@ class _ChainCheck:
 
     def finish(self) -> None:
         v, chain = self.v, self.chain
-        if not self.registered:
-            v.report(Finding(CHAIN_UNREGISTERED, chain))
-        if self.events == 0 and (self.start is None or self.start[0] == 0):
+        if self.events == 0 and (self.head is None or self.start is None):
             v.report(Finding(CHAIN_MISSING, chain))
             return
+        if not self.registered:
+            v.report(Finding(CHAIN_UNREGISTERED, chain))
         if not self.start_seen:
             # Events the last verification saw are gone.
             v.report(Finding(TAIL_TRUNCATED, chain, self.start[0] if self.start else None))
