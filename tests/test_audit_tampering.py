@@ -211,7 +211,7 @@ def test_an_inserted_event(
         forged["fields"] = "[]"
     _exec(
         db,
-        (f"INSERT INTO access_event ({columns}) VALUES ({values})", forged),  # noqa: S608
+        (f"INSERT INTO access_event ({columns}) VALUES ({values})", forged),
         (
             "UPDATE audit_chain SET seq = :seq, head_hash = :hash WHERE chain = :chain",
             {"seq": forged["seq"], "hash": forged["hash"], "chain": log.chain},
