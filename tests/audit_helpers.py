@@ -111,12 +111,14 @@ def checkpoint_lines(settings: Settings) -> list[dict[str, Any]]:
 
 
 class Clock:
-    """A clock the test moves by hand (no sleeping)."""
+    """A clock the test moves by hand (no sleeping); each reading is a millisecond later, so
+    that events keep their order."""
 
     def __init__(self, start: datetime | None = None) -> None:
         self.now = start or datetime(2026, 12, 1, 3, 0, tzinfo=UTC)  # 12:00 in Tokyo
 
     def __call__(self) -> datetime:
+        self.now += timedelta(milliseconds=1)
         return self.now
 
     def advance(self, **delta: float) -> None:
