@@ -13,7 +13,7 @@ from app.audit.repository import AuditLog
 from app.auth.tokens import TokenCodec
 from app.blind_index import BlindIndex
 from app.config import Settings
-from app.db import create_request_engine, session_factory
+from app.db import create_read_engine, create_request_engine, session_factory
 from app.keys import Keys, load_keys
 from app.ratelimit import RateLimits
 from app.vault import Vault
@@ -33,6 +33,7 @@ class Runtime:
     integrity: AuditIntegrity
     checkpoints: CheckpointScheduler
     alerts: AlertMonitor
+    read_engine: AsyncEngine
     vault: Vault
     blind_index: BlindIndex
 
@@ -45,7 +46,10 @@ class Runtime:
         audit_log = AuditLog(audit_keys)
         integrity = AuditIntegrity(settings, audit_keys, clock=audit_log.now)
         checkpoints = CheckpointScheduler(integrity)
-        alerts = AlertMonitor(sessions, alert_rules(settings))
+        read_engine = create_read_engine(settings.resolved_database_url)
+        alerts = AlertMonitor(
+            sessions, alert_rules(settings), read_sessions=session_factory(read_engine)
+        )
         audit_log.listen(checkpoints.on_append)
         audit_log.listen(alerts.on_append)
         return cls(
@@ -66,6 +70,7 @@ class Runtime:
             integrity=integrity,
             checkpoints=checkpoints,
             alerts=alerts,
+            read_engine=read_engine,
             vault=Vault(keys.master),
             blind_index=BlindIndex(keys.index),
         )
@@ -81,4 +86,5 @@ class Runtime:
         await self.alerts.drain()
         await self.checkpoints.close()
         self.integrity.dispose()
+        await self.read_engine.dispose()
         await self.engine.dispose()

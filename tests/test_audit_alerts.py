@@ -344,7 +344,7 @@ def test_evaluation_never_fails_a_request(
     async def broken(*_args: Any, **_kwargs: Any) -> list[Any]:
         raise RuntimeError("rules broken")
 
-    monkeypatch.setattr(alerts, "evaluate", broken)
+    monkeypatch.setattr(alerts, "find_hits", broken)
     client = alerting()
     login(client, cast.SALES)
     drain(client)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -25,6 +27,7 @@ from tests import cast
 from tests.audit_helpers import (
     APPEND_ONLY_TABLES,
     Clock,
+    auditor_headers,
     checkpoint_lines,
     drain,
     drop_append_only_triggers,
@@ -259,3 +262,16 @@ def test_checkpoint_file_setting(make_settings: object, tmp_path: object) -> Non
         login(client, cast.SALES)
     assert elsewhere.exists() and not default.resolved_checkpoint_file.exists()
     assert timedelta(minutes=1)  # the interval the docs state
+
+
+def test_verification_without_its_checkpoint_file_is_unavailable(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    settings = make_settings(audit_checkpoint_file=blocker / "checkpoints.jsonl")
+    with TestClient(create_app(settings)) as client:
+        login(client, cast.SALES)  # appending still works: the checkpoint only logs its failure
+        response = client.get("/access-events/verify", headers=auditor_headers(client))
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"

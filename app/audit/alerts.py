@@ -258,14 +258,13 @@ async def on_alert_opened(session: AsyncSession, alert: Alert) -> None:
     )
 
 
-async def evaluate(
+async def find_hits(
     session: AsyncSession,
     rules: Sequence[AlertRule],
     events: Sequence[Mapping[str, Any]],
     hours: StoreHours,
-) -> list[Alert]:
-    """Evaluate the rules over committed events; the alerts opened (the session is not
-    committed)."""
+) -> list[Hit]:
+    """Which rules the committed events trip (reads only)."""
     hits: list[Hit] = []
     for rule in rules:
         matching = [e for e in events if rule.filter.matches(e, hours)]
@@ -295,6 +294,11 @@ async def evaluate(
                     for e in keyed
                 )
                 hits.append(Hit(rule, key, max(keyed, key=lambda e: e["at"]), value, growth))
+    return hits
+
+
+async def record_hits(session: AsyncSession, hits: Sequence[Hit]) -> list[Alert]:
+    """Open alerts or make them grow; the alerts opened (the session is not committed)."""
     opened: list[Alert] = []
     for hit in hits:
         alert = await repository.upsert_alert(
@@ -324,9 +328,12 @@ class AlertMonitor:
         sessions: async_sessionmaker[AsyncSession],
         rules: Sequence[AlertRule],
         *,
+        read_sessions: async_sessionmaker[AsyncSession] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessions = sessions
+        # Reads need no write lock (on SQLite every session of the request engine takes it).
+        self._read_sessions = read_sessions or sessions
         self.rules = tuple(rules)
         self._pending: list[Mapping[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
@@ -347,9 +354,13 @@ class AlertMonitor:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                async with self._sessions() as session:
+                async with self._read_sessions() as session:
                     hours = await self._store_hours(session)
-                    await evaluate(session, self.rules, batch, hours)
+                    hits = await find_hits(session, self.rules, batch, hours)
+                if not hits:
+                    continue
+                async with self._sessions() as session:
+                    await record_hits(session, hits)
                     await session.commit()
             except Exception:
                 log.exception("alert evaluation failed")

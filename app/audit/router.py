@@ -64,7 +64,12 @@ async def list_access_events(
     return await service.list_events(uow, ctx, filters, limit=limit, cursor=cursor)
 
 
-@router.get("/access-events/verify", response_model=VerificationOut, tags=["audit"])
+@router.get(
+    "/access-events/verify",
+    response_model=VerificationOut,
+    tags=["audit"],
+    responses=problem_responses(503),
+)
 async def verify_access_events(
     ctx: AccessContextDep,
     runtime: RuntimeDep,

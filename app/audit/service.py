@@ -30,7 +30,8 @@ from app.audit.schemas import (
     ReviewPage,
     VerificationOut,
 )
-from app.errors import Conflict, NotFound, ValidationFailed
+from app.db import session_factory
+from app.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
 from app.models import AccessReview, Alert
 from app.models.base import utcnow
 from app.policy import Purpose
@@ -189,7 +190,10 @@ async def verify_log(
     _permit(ctx, Action.READ, resource)
     # Before any query of the request's own: on SQLite its transaction holds the write lock,
     # which the verification's checkpoint needs.
-    result = await asyncio.to_thread(runtime.integrity.verify, full=full)
+    try:
+        result = await asyncio.to_thread(runtime.integrity.verify, full=full)
+    except OSError as exc:
+        raise ServiceUnavailable("The checkpoint file cannot be read or written.") from exc
     uow.record(_recorded(ctx, Action.READ, resource))
     return VerificationOut.model_validate(result.as_dict())
 
@@ -247,7 +251,7 @@ async def resolve_alert(uow: UnitOfWork, ctx: AccessContext, alert_id: str, note
 
 async def open_alerts_by_rule(runtime: Runtime) -> dict[str, int]:
     """For the metrics: open alerts per rule (every rule named, zero included)."""
-    async with runtime.sessions() as session:
+    async with session_factory(runtime.read_engine)() as session:
         counts = await repository.open_alert_counts(session)
     return {rule.value: counts.get(rule.value, 0) for rule in RuleName}
 

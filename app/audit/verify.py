@@ -22,9 +22,8 @@ import json
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
 from json.encoder import encode_basestring
+from typing import Any
 
 from sqlalchemy import Connection, text
 
