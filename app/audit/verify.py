@@ -17,9 +17,12 @@ Problems, by name:
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
+import queue
 import secrets
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring
@@ -43,6 +46,7 @@ CHAIN_UNREGISTERED = "chain-unregistered"
 
 MAX_PROBLEMS = 100
 BATCH = 5_000
+PREFETCH = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,18 +142,45 @@ def _postgres(connection: Connection) -> bool:
 
 
 def _stream(connection: Connection, sql: str, params: tuple[Any, ...]) -> Iterator[Sequence[Any]]:
-    """Rows straight from the driver's cursor (server-side on PostgreSQL), in batches."""
+    """Rows straight from the driver's cursor (server-side on PostgreSQL), in batches fetched
+    by a helper thread while this one checks the previous batch (the drivers release the GIL
+    while they wait for the database)."""
     raw: Any = connection.connection.driver_connection
     if _postgres(connection):
         cursor = raw.cursor(name=f"verify_{secrets.token_hex(6)}")
         cursor.itersize = BATCH
     else:
         cursor = raw.cursor()
+    batches: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=PREFETCH)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            cursor.execute(sql, params)
+            while not stop.is_set():
+                rows = cursor.fetchmany(BATCH)
+                if not rows:
+                    break
+                batches.put(rows)
+            batches.put(None)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            batches.put(exc)
+
+    fetcher = threading.Thread(target=fetch, name="audit-verify-fetch", daemon=True)
+    fetcher.start()
     try:
-        cursor.execute(sql, params)
-        while rows := cursor.fetchmany(BATCH):
-            yield from rows
+        while True:
+            batch = batches.get()
+            if batch is None:
+                return
+            if isinstance(batch, BaseException):
+                raise batch
+            yield from batch
     finally:
+        stop.set()
+        while fetcher.is_alive():  # unblock a fetcher waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                batches.get(timeout=0.05)
         cursor.close()
 
 
