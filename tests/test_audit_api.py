@@ -372,3 +372,11 @@ def test_export_as_json_lines_resumable_and_recorded(
     assert out == ""  # nothing older than five minutes yet
     code, _, err = run_cli(settings, monkeypatch, capsys, "audit", "export", "--since", "x")
     assert code == 1
+
+
+def test_times_without_an_offset_are_refused(client: TestClient) -> None:
+    headers = auditor_headers(client)
+    response = client.get("/access-events", headers=headers, params={"from": "2026-12-01T10:00"})
+    assert response.status_code == 422
+    customer = register_customer(client, login(client, cast.SALES), seed=54)
+    assert _report(client, customer.id, to="2026-12-01T10:00:00").status_code == 422

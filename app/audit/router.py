@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
+from pydantic import AwareDatetime
 
 from app.access.context import AccessContextDep
 from app.audit import report, service
@@ -44,8 +44,8 @@ async def list_access_events(
     store: Annotated[str | None, Query(max_length=16)] = None,
     purpose: Purpose | None = None,
     outcome: Literal["allowed", "denied"] | None = None,
-    since: Annotated[datetime | None, Query(alias="from", description="Inclusive.")] = None,
-    until: Annotated[datetime | None, Query(alias="to", description="Exclusive.")] = None,
+    since: Annotated[AwareDatetime | None, Query(alias="from", description="Inclusive.")] = None,
+    until: Annotated[AwareDatetime | None, Query(alias="to", description="Exclusive.")] = None,
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> AccessEventPage:
@@ -162,8 +162,8 @@ async def customer_access_report(
     ctx: AccessContextDep,
     runtime: RuntimeDep,
     uow: UnitOfWorkDep,
-    since: Annotated[datetime | None, Query(alias="from", description="Inclusive.")] = None,
-    until: Annotated[datetime | None, Query(alias="to", description="Exclusive.")] = None,
+    since: Annotated[AwareDatetime | None, Query(alias="from", description="Inclusive.")] = None,
+    until: Annotated[AwareDatetime | None, Query(alias="to", description="Exclusive.")] = None,
     format: Annotated[
         Literal["json", "html"] | None,
         Query(description="`html`: a printable page (also chosen by `Accept: text/html`)."),
