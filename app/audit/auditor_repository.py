@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import AccessEvent, AccessEventCustomer, AccessReview, Alert, Store
-from app.models.base import new_id
+from app.models.base import UTCDateTime, new_id
 
 if TYPE_CHECKING:
     from app.audit.alerts import AlertRule
@@ -228,9 +228,9 @@ async def upsert_alert(
             .where(*same)
             .values(
                 count=Alert.count + growth,
-                last_at=func.max(Alert.last_at, at)
+                last_at=func.max(Alert.last_at, literal(at, UTCDateTime()))
                 if _dialect(session) == "sqlite"
-                else func.greatest(Alert.last_at, at),
+                else func.greatest(Alert.last_at, literal(at, UTCDateTime())),
             )
             .execution_options(synchronize_session=False)
         )

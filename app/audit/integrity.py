@@ -93,7 +93,8 @@ class AuditIntegrity:
         with self.file.locked() as locked:
             assert locked is not None
             with self._read.connect() as connection, connection.begin():
-                fold = fold_lines(self.keys, checkpoint_lines(connection), locked.fold)
+                after = locked.last.n if locked.last else 0
+                fold = fold_lines(self.keys, checkpoint_lines(connection, after=after), locked.fold)
                 result = verify(connection, self.keys, fold, full=full)
             if result.ok:
                 self._write_checkpoint(locked, VERIFY, changed_heads(result.heads, locked.fold))
@@ -169,6 +170,7 @@ class CheckpointScheduler:
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._pending = False  # appends since the last checkpoint attempt
+        self._closing = False
 
     def on_append(self, _rows: Any) -> None:
         try:
@@ -179,7 +181,11 @@ class CheckpointScheduler:
         now = self.integrity.clock()
         if self._last_try is None or now - self._last_try >= self.integrity.interval:
             self._start(loop, force=False)
-        elif self._timer is None:
+        else:
+            self._arm(loop)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is None and not self._closing:
             self._timer = loop.call_later(self.timer_seconds, self._on_timer, loop)
 
     def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -189,6 +195,7 @@ class CheckpointScheduler:
 
     def _start(self, loop: asyncio.AbstractEventLoop, *, force: bool) -> None:
         if self._task is not None and not self._task.done():
+            self._arm(loop)  # try again after the running one
             return
         self._last_try = self.integrity.clock()
         self._pending = False
@@ -196,9 +203,15 @@ class CheckpointScheduler:
 
     async def _run(self, force: bool) -> None:
         try:
-            await asyncio.to_thread(self.integrity.checkpoint_if_due, force=force)
+            written = await asyncio.to_thread(self.integrity.checkpoint_if_due, force=force)
         except Exception:
             log.exception("audit checkpoint failed")
+            written = None
+        if written is None:
+            # Not written (another writer held the file, wrote a moment ago, or it failed):
+            # this process's events still need a checkpoint, so try again later.
+            self._pending = True
+            self._arm(asyncio.get_running_loop())
 
     async def drain(self) -> None:
         """Wait for a running checkpoint (tests, shutdown)."""
@@ -207,6 +220,7 @@ class CheckpointScheduler:
 
     async def close(self) -> None:
         """At shutdown: cover this process's last events."""
+        self._closing = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -443,8 +443,11 @@ def _registered(connection: Connection, keys: AuditKeys) -> set[str]:
     }
 
 
-def checkpoint_lines(connection: Connection) -> list[str]:
-    return list(connection.execute(text("SELECT line FROM audit_checkpoint")).scalars())
+def checkpoint_lines(connection: Connection, *, after: int = 0) -> list[str]:
+    """The database's copies of the checkpoint lines numbered after ``after`` (those the file
+    does not have at its end, e.g. if it was rolled back)."""
+    statement = text("SELECT line FROM audit_checkpoint WHERE n > :n")
+    return list(connection.execute(statement, {"n": after}).scalars())
 
 
 def verify(
