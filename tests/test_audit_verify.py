@@ -4,8 +4,10 @@ reported as tampered)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.orm import Session
@@ -20,6 +22,7 @@ from app.audit.chain import (
 from app.audit.verify import _all_events, _encoded
 from app.config import Settings
 from app.keys import decode_key
+from app.main import create_app
 from app.models import AccessEvent, AccessEventCustomer, AuditChain, AuditChainRegistry
 from tests import cast
 from tests.audit_helpers import drop_append_only_triggers, problem_names, verify_api
@@ -149,3 +152,43 @@ def test_version_1_events_verify_by_their_own_fields(
     result = verify_api(client, full=True)
     assert problem_names(result) == {"hash-mismatch"}
     assert result["first_bad_id"] == event["id"]
+
+
+def test_a_large_log_is_verified_in_several_processes(
+    settings: Settings, db: Engine, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend != "postgres":
+        pytest.skip("processes share an exported PostgreSQL snapshot")
+    from app.audit import verify as verify_module
+
+    monkeypatch.setattr(verify_module, "PARALLEL_MIN_EVENTS", 1)
+    monkeypatch.setattr(verify_module, "MAX_WORKERS", 3)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    calls: list[int] = []
+    in_parallel = verify_module._verify_in_parallel
+
+    def spy(*args: Any) -> None:
+        calls.append(args[-1])
+        in_parallel(*args)
+
+    monkeypatch.setattr(verify_module, "_verify_in_parallel", spy)
+    with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
+        for _ in range(3):
+            login(first, cast.SALES)
+            login(second, cast.MANAGER)
+        with db.connect() as connection:
+            chains = connection.execute(text("SELECT count(*) FROM audit_chain")).scalar_one()
+        assert chains >= 2
+        result = verify_api(first, full=True)
+        assert result["ok"] and result["checked"] >= 6
+        drop_append_only_triggers(db)
+        with db.begin() as connection:
+            victim = connection.execute(
+                text("SELECT id FROM access_event WHERE actor = 'manager1' LIMIT 1")
+            ).scalar_one()
+            connection.execute(
+                text("UPDATE access_event SET reason = 'x' WHERE id = :id"), {"id": victim}
+            )
+        result = verify_api(first, full=True)
+    assert problem_names(result) == {"hash-mismatch"} and result["first_bad_id"] == victim
+    assert calls and all(workers >= 2 for workers in calls)

@@ -20,8 +20,12 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import os
+import pickle
 import queue
 import secrets
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -479,6 +483,10 @@ def verify(
         )
 
     if full:
+        workers = _workers(connection, heads)
+        if workers > 1:
+            _verify_in_parallel(connection, keys, verification, chains, check, workers)
+            return verification
         checks = {chain: check(chain, None) for chain in chains}
         for row in _all_events(connection):
             checks[row[1]].feed(row)
@@ -493,6 +501,125 @@ def verify(
             current.feed(row)
         current.finish()
     return verification
+
+
+# --- a full verification of a large log on PostgreSQL, in several processes ---------------------
+#
+# Chains are independent, so they are shared out between processes that read the same snapshot
+# (exported by this transaction); each checks its chains exactly as above.
+
+PARALLEL_MIN_EVENTS = 250_000
+MAX_WORKERS = 4
+
+
+def _workers(connection: Connection, heads: dict[str, _HeadRow]) -> int:
+    if not _postgres(connection) or sum(h.seq for h in heads.values()) < PARALLEL_MIN_EVENTS:
+        return 1
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1, len(heads)))
+
+
+@dataclass(frozen=True)
+class _Part:
+    url: str
+    snapshot: str
+    keys: AuditKeys
+    # Per chain: its newest checkpoint, its head row and whether it is registered.
+    chains: list[tuple[str, Head | None, _HeadRow | None, bool]]
+
+
+def _check_part(connection: Connection, part: _Part, verification: Verification) -> None:
+    checks = {
+        chain: _ChainCheck(
+            verification,
+            part.keys,
+            chain,
+            start=None,
+            checkpoint=checkpoint,
+            head=head,
+            registered=registered,
+        )
+        for chain, checkpoint, head, registered in part.chains
+    }
+    sql = (
+        f"SELECT {_POSTGRES_SELECT} FROM access_event e "  # noqa: S608
+        "WHERE e.chain = ANY(%s) ORDER BY e.chain, e.seq"
+    )
+    for row in _stream(connection, sql, (list(checks),)):
+        checks[row[1]].feed(row)
+    for check in checks.values():
+        check.finish()
+
+
+def _verify_part(part: _Part) -> Verification:
+    """In a worker process: the part's chains, in the snapshot of the main verification."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(part.url, poolclass=NullPool, isolation_level="REPEATABLE READ")
+    try:
+        with engine.connect() as connection, connection.begin():
+            connection.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{part.snapshot}'")
+            verification = Verification(full=True)
+            _check_part(connection, part, verification)
+            return verification
+    finally:
+        engine.dispose()
+
+
+def _verify_in_parallel(
+    connection: Connection,
+    keys: AuditKeys,
+    verification: Verification,
+    chains: list[str],
+    check: Any,
+    workers: int,
+) -> None:
+    snapshot = connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+    url = connection.engine.url.render_as_string(hide_password=False)
+    # Balanced by length (the head's seq), longest first.
+    probes = sorted((check(chain, None) for chain in chains), key=lambda c: -_length(c))
+    loads = [0] * workers
+    groups: list[list[tuple[str, Head | None, _HeadRow | None, bool]]] = [[] for _ in loads]
+    for probe in probes:
+        slot = loads.index(min(loads))
+        loads[slot] += _length(probe)
+        groups[slot].append((probe.chain, probe.checkpoint, probe.head, probe.registered))
+    parts = [_Part(url, snapshot, keys, group) for group in groups]
+    # Worker processes of our own (``python -m app.audit.verify_worker``), given their part
+    # (the keys included) on stdin, never on the command line.
+    processes = []
+    for part in parts[1:]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.audit.verify_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert process.stdin is not None
+        process.stdin.write(pickle.dumps(part))
+        process.stdin.close()
+        processes.append(process)
+    try:
+        _check_part(connection, parts[0], verification)
+        for process in processes:
+            assert process.stdout is not None
+            output = process.stdout.read()
+            if process.wait() != 0:
+                raise RuntimeError("a verification worker failed")
+            result: Verification = pickle.loads(output)  # noqa: S301 (our own worker's answer)
+            verification.checked += result.checked
+            verification.heads.update(result.heads)
+            verification.more_problems += result.more_problems
+            for finding in result.findings:
+                verification.report(finding)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _length(check: _ChainCheck) -> int:
+    return check.head.seq if check.head else 0
 
 
 def changed_heads(current: dict[str, Head], fold: Fold) -> dict[str, Head]:
