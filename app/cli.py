@@ -140,8 +140,7 @@ def with_runtime(
         try:
             return await work(runtime, Transactions(runtime))
         finally:
-            await runtime.refusals.close()
-            await runtime.engine.dispose()
+            await runtime.close()
 
     return asyncio.run(run())
 
@@ -517,6 +516,47 @@ def _rotate_environment(args: argparse.Namespace, settings: Settings, keys: Keys
     return 0
 
 
+# --- audit ------------------------------------------------------------------------------------
+
+
+def audit_verify_command(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from app.audit import commands
+
+    result = commands.verify(settings, full=args.full)
+    print(json.dumps(result.as_dict(), indent=2))
+    return 0 if result.ok else EXIT_REFUSED
+
+
+def audit_export_command(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import timedelta
+
+    from app.audit import commands
+    from app.errors import ValidationFailed
+    from app.models.base import utcnow
+
+    async def work(uow: UnitOfWork, _runtime: Runtime) -> commands.Export:
+        return await commands.export(
+            uow,
+            CLI_ACTOR,
+            since=args.since,
+            now=utcnow(),
+            settle=timedelta(seconds=args.settle),
+            limit=args.limit,
+        )
+
+    try:
+        exported = in_unit_of_work(settings, work)
+    except ValidationFailed as exc:
+        raise CommandRefused(exc.detail) from exc
+    for line in exported.lines:
+        print(line)
+    if exported.cursor is not None:
+        print(f"shopvault: resume with --since {exported.cursor}", file=sys.stderr)
+    return 0
+
+
 # --- the command line ---------------------------------------------------------------------------
 
 
@@ -602,6 +642,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="data keys re-wrapped per transaction (default 500)",
     )
     rotate.set_defaults(handler=keys_rotate_command)
+
+    audit = commands.add_parser("audit", help="the access log: verify it, export it")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    verify = audit_commands.add_parser(
+        "verify",
+        help="verify the access log against its checkpoints (exit 1 when it is not whole)",
+    )
+    verify.add_argument(
+        "--full", action="store_true", help="every event, not only since the last verification"
+    )
+    verify.set_defaults(handler=audit_verify_command)
+    export = audit_commands.add_parser(
+        "export", help="write access events as JSON lines (oldest first), for a SIEM"
+    )
+    export.add_argument("--since", help="the cursor printed by the previous export")
+    export.add_argument(
+        "--limit", type=_positive_int, default=10_000, help="at most this many events"
+    )
+    export.add_argument(
+        "--settle",
+        type=int,
+        default=300,
+        help="seconds an event must be old to be exported (default 300: late commits)",
+    )
+    export.set_defaults(handler=audit_export_command)
     return parser
 
 

@@ -49,9 +49,24 @@ class Settings(BaseSettings):
     sms_gateway_token: SecretStr | None = None
     message_daily_cap: int = Field(default=3, ge=0)
 
+    # The access log's checkpoints, appended outside the database (see docs/audit-chain.md).
+    audit_checkpoint_file: Path | None = None
+    # Alert thresholds: "more than N within the period" per caller.
+    alert_bulk_read: str = "20/10minutes"
+    alert_denied_burst: str = "5/10minutes"
+    alert_search_misses: str = "10/10minutes"
+    alert_presence_failures: str = "10/30minutes"
+
     log_level: str = "INFO"
 
-    @field_validator("search_rate_limit", "login_rate_limit")
+    @field_validator(
+        "search_rate_limit",
+        "login_rate_limit",
+        "alert_bulk_read",
+        "alert_denied_burst",
+        "alert_search_misses",
+        "alert_presence_failures",
+    )
     @classmethod
     def _rate_limit_parses(cls, value: str) -> str:
         from limits import parse
@@ -84,6 +99,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'shopvault.db').resolve()}"
+
+    @property
+    def resolved_checkpoint_file(self) -> Path:
+        return self.audit_checkpoint_file or self.data_dir / "audit-checkpoints.jsonl"
 
     @property
     def resolved_migration_database_url(self) -> str:

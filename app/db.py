@@ -73,6 +73,27 @@ def create_request_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
+def create_read_engine(url: str) -> AsyncEngine:
+    """An asyncio engine for reads off the request path: on SQLite its transactions are
+    deferred (WAL readers take no lock); elsewhere it is an ordinary small pool."""
+    if not is_sqlite(url):
+        return create_async_engine(async_url(url), pool_size=2, max_overflow=2)
+    engine = create_async_engine(async_url(url))
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
 def create_sync_engine(url: str) -> Engine:
     """A blocking engine for Alembic and the CLI."""
     if is_sqlite(url):

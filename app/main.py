@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app.admin.router import router as admin_router
+from app.audit.router import router as audit_router
 from app.auth.router import router as auth_router
 from app.config import Settings
 from app.contracts.router import router as contracts_router
@@ -62,8 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await ensure_service_keys(runtime)
         yield
-        await runtime.refusals.close()
-        await runtime.engine.dispose()
+        await runtime.close()
 
     app = FastAPIOffline(
         title="shopvault",
@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         customers_router,
         contracts_router,
         messages_router,
+        audit_router,
     ):
         app.include_router(router)
 

@@ -7,7 +7,7 @@ import re
 import time
 import uuid
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PayloadTooLarge, Problem
@@ -33,6 +33,12 @@ class Metrics:
             "shopvault_http_request_duration_seconds",
             "HTTP request latency by route template.",
             ("method", "route"),
+            registry=self.registry,
+        )
+        self.open_alerts = Gauge(
+            "shopvault_open_alerts",
+            "Open audit alerts by rule.",
+            ("rule",),
             registry=self.registry,
         )
 

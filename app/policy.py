@@ -163,6 +163,9 @@ class Operation(StrEnum):
     READ_ACCOUNTS = "read_accounts"
     APPROVE_ACCOUNTS = "approve_accounts"
     READ_AUDIT_LOG = "read_audit_log"
+    HANDLE_ALERTS = "handle_alerts"
+    REVIEW_ACCESSES = "review_accesses"
+    READ_ACCESS_REPORT = "read_access_report"
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +272,24 @@ OPERATIONS: Mapping[Operation, OperationRule] = {
     ),
     Operation.READ_AUDIT_LOG: OperationRule(
         "read access events", Action.READ, frozenset({Role.AUDITOR}), frozenset({Purpose.AUDIT})
+    ),
+    Operation.HANDLE_ALERTS: OperationRule(
+        "read and resolve alerts",
+        Action.READ,
+        frozenset({Role.AUDITOR}),
+        frozenset({Purpose.AUDIT}),
+    ),
+    Operation.REVIEW_ACCESSES: OperationRule(
+        "review managers' looks without a visit",
+        Action.READ,
+        frozenset({Role.AUDITOR}),
+        frozenset({Purpose.AUDIT}),
+    ),
+    Operation.READ_ACCESS_REPORT: OperationRule(
+        "a customer's access report (who looked: store and role, never the name)",
+        Action.READ,
+        _EVERY_ROLE,
+        frozenset({Purpose.SUBJECT_REQUEST}),
     ),
 }
 

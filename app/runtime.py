@@ -6,13 +6,15 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.audit.chain import derive_chain_key
+from app.audit.alerts import AlertMonitor, alert_rules
+from app.audit.chain import AuditKeys
+from app.audit.integrity import AuditIntegrity, CheckpointScheduler
 from app.audit.refusals import RefusalSummaries
 from app.audit.repository import AuditLog
 from app.auth.tokens import TokenCodec
 from app.blind_index import BlindIndex
 from app.config import Settings
-from app.db import create_request_engine, session_factory
+from app.db import create_read_engine, create_request_engine, session_factory
 from app.keyring import master_ring_source
 from app.keys import Keys, load_keys
 from app.kit.idempotency import derive_fingerprint_key
@@ -33,7 +35,12 @@ class Runtime:
     refusals: RefusalSummaries
     chain_key: bytes
     idempotency_key: bytes
+    audit_keys: AuditKeys
     audit_log: AuditLog
+    integrity: AuditIntegrity
+    checkpoints: CheckpointScheduler
+    alerts: AlertMonitor
+    read_engine: AsyncEngine
     vault: Vault
     blind_index: BlindIndex
     proof_keys: ProofKeys
@@ -43,13 +50,23 @@ class Runtime:
     def build(cls, settings: Settings) -> Runtime:
         keys = load_keys(settings)
         engine = create_request_engine(settings.resolved_database_url)
-        chain_key = derive_chain_key(keys.index)
         limits = RateLimits(settings.redis_url, key_prefix=settings.redis_key_prefix)
+        sessions = session_factory(engine)
+        audit_keys = AuditKeys.derive(keys.index)
+        audit_log = AuditLog(audit_keys)
+        integrity = AuditIntegrity(settings, audit_keys, clock=audit_log.now)
+        checkpoints = CheckpointScheduler(integrity)
+        read_engine = create_read_engine(settings.resolved_database_url)
+        alerts = AlertMonitor(
+            sessions, alert_rules(settings), read_sessions=session_factory(read_engine)
+        )
+        audit_log.listen(checkpoints.on_append)
+        audit_log.listen(alerts.on_append)
         return cls(
             settings=settings,
             keys=keys,
             engine=engine,
-            sessions=session_factory(engine),
+            sessions=sessions,
             tokens=TokenCodec(
                 keys.jwt,
                 issuer=settings.jwt_issuer,
@@ -58,11 +75,31 @@ class Runtime:
             ),
             limits=limits,
             refusals=RefusalSummaries.build(settings.redis_url, settings.redis_key_prefix),
-            chain_key=chain_key,
+            chain_key=audit_keys.chain,
             idempotency_key=derive_fingerprint_key(keys.index),
-            audit_log=AuditLog(chain_key),
+            audit_keys=audit_keys,
+            audit_log=audit_log,
+            integrity=integrity,
+            checkpoints=checkpoints,
+            alerts=alerts,
+            read_engine=read_engine,
             vault=Vault(master_ring_source(settings)),
             blind_index=BlindIndex(keys.index),
             proof_keys=ProofKeys(keys.index),
             presence_locks=PresenceLocks(limits.storage, settings.presence_lock),
         )
+
+    async def drain(self) -> None:
+        """Wait for the work started after appends (alert evaluation, a checkpoint)."""
+        await self.alerts.drain()
+        await self.checkpoints.drain()
+
+    async def close(self) -> None:
+        """Finish background work (checkpointing this process's last events), then let go of
+        the databases."""
+        await self.alerts.drain()
+        await self.checkpoints.close()
+        self.integrity.dispose()
+        await self.refusals.close()
+        await self.read_engine.dispose()
+        await self.engine.dispose()

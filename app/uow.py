@@ -29,7 +29,6 @@ from app.auth.tokens import Principal
 from app.client_address import Network, client_address, limit_key
 from app.errors import AuditUnavailable, Problem, RateLimited, ServiceUnavailable, Unauthorized
 from app.kit.deps import RuntimeDep
-from app.models.base import utcnow
 from app.request_context import current_request_id
 
 
@@ -106,7 +105,10 @@ class UnitOfWork:
         summaries = await self._refusals.due() if events and self._refusals is not None else []
         try:
             await self._audit_log.commit(
-                self.session, [*summaries, *events], request_id=current_request_id(), at=utcnow()
+                self.session,
+                [*summaries, *events],
+                request_id=current_request_id(),
+                at=self._audit_log.now(),
             )
         except SQLAlchemyError as exc:
             await self.rollback()

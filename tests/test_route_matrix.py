@@ -13,14 +13,16 @@ import itertools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi.routing import RouteContext, iter_route_contexts
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert
 
 from app.access.deps import operation_of
 from app.main import create_app
+from app.models import Alert
 from app.policy import OPERATIONS, POLICY, Justification, Operation, Purpose, Rule
 from app.roles import Role
 from tests import cast
@@ -66,6 +68,7 @@ class World:
 
     client: TestClient
     headers: dict[Role, Headers]
+    db: Engine
     customer_id: str = ""
     phone: str = ""
     visits: dict[Role, str] = field(default_factory=dict)
@@ -82,6 +85,37 @@ class World:
     def visit_with_customer(self) -> str:
         sales = self.headers[Role.SALES]
         return open_visit(self.client, sales, "inquiry", self.customer_id)
+
+    def alert(self) -> str:
+        """An open alert, as the monitoring would have opened it."""
+        now = datetime.now(UTC)
+        alert_id = str(uuid.uuid4())
+        with self.db.begin() as connection:
+            connection.execute(
+                insert(Alert).values(
+                    id=alert_id,
+                    rule="bulk_read",
+                    actor=cast.SALES.login,
+                    actor_key=cast.SALES.login,
+                    role="sales",
+                    store="S001",
+                    subject=f"matrix-{alert_id}",
+                    window_start=now,
+                    status="open",
+                    first_at=now,
+                    last_at=now,
+                    count=21,
+                )
+            )
+        return alert_id
+
+    def reviewable_event(self) -> str:
+        """A manager's look without a visit: queued for review."""
+        manager = purpose(self.headers[Role.MANAGER], "support", reason=REASON)
+        response = self.client.get(f"/customers/{self.customer_id}", headers=manager)
+        assert response.status_code == 200, response.text
+        (event,) = events_of(self.db, response)
+        return str(event.id)
 
     def store_visit(self) -> str:
         return open_visit(self.client, self.headers[Role.SALES])
@@ -195,6 +229,20 @@ CALLS: dict[tuple[str, str], Call] = {
     ),
     ("GET", "/messages/{message_id}"): Call(ids=lambda w: {"message_id": w.message()}),
     ("POST", "/customers/{customer_id}/presence-code"): Call(
+        ids=lambda w: {"customer_id": w.customer_id}
+    ),
+    ("GET", "/access-events"): Call(),
+    ("GET", "/access-events/verify"): Call(),
+    ("GET", "/alerts"): Call(),
+    ("POST", "/alerts/{alert_id}/resolve"): Call(
+        ids=lambda w: {"alert_id": w.alert()}, body=lambda _w, _r: {"note": "確認済み"}
+    ),
+    ("GET", "/reviews"): Call(),
+    ("POST", "/reviews/{event_id}"): Call(
+        ids=lambda w: {"event_id": w.reviewable_event()},
+        body=lambda _w, _r: {"decision": "ok", "note": "確認済み"},
+    ),
+    ("GET", "/customers/{customer_id}/access-report"): Call(
         ids=lambda w: {"customer_id": w.customer_id}
     ),
     ("POST", "/visits"): Call(body=lambda _w, _r: {"type": "inquiry"}),
@@ -329,7 +377,7 @@ def _walk(client: TestClient, db: Engine) -> None:
         else login(client, member)
         for role, member in MEMBERS.items()
     }
-    world = World(client, headers)
+    world = World(client, headers, db)
     registered = register_customer(client, headers[Role.SALES], seed=77)
     world.customer_id, world.phone = registered.id, registered.body["phone"]
     routes = _routes(client)

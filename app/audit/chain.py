@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,10 +52,43 @@ HASHED_FIELDS_BY_VERSION: dict[int, tuple[str, ...]] = {1: _HASHED_FIELDS_V1, 2:
 HASHED_FIELDS = HASHED_FIELDS_BY_VERSION[ENCODING_VERSION]
 
 
+def _derive(index_key: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(index_key)
+
+
 def derive_chain_key(index_key: bytes) -> bytes:
-    return HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=None, info=b"shopvault/audit-chain/v1"
-    ).derive(index_key)
+    return _derive(index_key, b"shopvault/audit-chain/v1")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditKeys:
+    """The access log's keys, all derived from the index key (which ``keys rotate`` keeps)."""
+
+    chain: bytes  # seals events
+    head: bytes  # authenticates chain heads
+    registry: bytes  # authenticates chain registrations
+    checkpoint: bytes  # signs checkpoints
+
+    @classmethod
+    def derive(cls, index_key: bytes) -> AuditKeys:
+        return cls(
+            chain=derive_chain_key(index_key),
+            head=_derive(index_key, b"shopvault/audit-head/v1"),
+            registry=_derive(index_key, b"shopvault/audit-registry/v1"),
+            checkpoint=_derive(index_key, b"shopvault/audit-checkpoint/v1"),
+        )
+
+    def head_mac(self, chain: str, seq: int, head_hash: str) -> str:
+        message = f"head\n{chain}\n{seq}\n{head_hash}".encode()
+        return hmac.new(self.head, message, hashlib.sha256).hexdigest()
+
+    def registry_mac(self, chain: str, registered_at: datetime) -> str:
+        message = f"registry\n{chain}\n{_encode_value(registered_at)}".encode()
+        return hmac.new(self.registry, message, hashlib.sha256).hexdigest()
+
+    def checkpoint_signature(self, checkpoint_hash: str) -> str:
+        message = f"checkpoint\n{checkpoint_hash}".encode()
+        return hmac.new(self.checkpoint, message, hashlib.sha256).hexdigest()
 
 
 def _encode_value(value: Any) -> Any:
@@ -65,12 +99,19 @@ def _encode_value(value: Any) -> Any:
     return value
 
 
+# Built once: ``json.dumps`` with options builds a new encoder on every call.
+CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_encoding(event: dict[str, Any]) -> bytes:
     fields = HASHED_FIELDS_BY_VERSION[event["encoding_version"]]
     payload = {name: _encode_value(event[name]) for name in fields}
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return CANONICAL_JSON.encode(payload).encode()
 
 
 def seal(key: bytes, prev_hash: str, event: dict[str, Any]) -> str:
-    message = prev_hash.encode() + b"\n" + canonical_encoding(event)
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return seal_encoded(key, prev_hash, canonical_encoding(event))
+
+
+def seal_encoded(key: bytes, prev_hash: str, encoded: bytes) -> str:
+    return hmac.digest(key, prev_hash.encode() + b"\n" + encoded, "sha256").hex()

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,10 +21,15 @@ from sqlalchemy import bindparam, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit.chain import ENCODING_VERSION, GENESIS_HASH, seal
+from app.audit.chain import ENCODING_VERSION, GENESIS_HASH, AuditKeys, seal
 from app.audit.events import EventDraft
-from app.models import AccessEvent, AccessEventCustomer, AuditChain
-from app.models.base import new_id
+from app.models import AccessEvent, AccessEventCustomer, AuditChain, AuditChainRegistry
+from app.models.base import new_id, utcnow
+
+log = logging.getLogger("shopvault.audit")
+
+# Told of every committed append (the sealed rows, customer_ids included); must not block.
+AppendListener = Callable[[Sequence[dict[str, Any]]], None]
 
 CHAINS_PER_PROCESS = 8
 
@@ -79,10 +85,17 @@ def _rows(
         event["hash"] = prev_hash = seal(key, prev_hash, event)
         links.extend(
             {"event_id": event["id"], "position": i, "customer_id": customer_id}
-            for i, customer_id in enumerate(event.pop("customer_ids"))
+            for i, customer_id in enumerate(event["customer_ids"])
         )
         rows.append(event)
     return rows, links, seq, prev_hash
+
+
+_EVENT_COLUMNS = frozenset(AccessEvent.__table__.columns.keys())
+
+
+def _event_row(event: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in event.items() if name in _EVENT_COLUMNS}
 
 
 def _bound_values(model: type[Any], prefix: str) -> dict[str, Any]:
@@ -94,27 +107,43 @@ def _bound_values(model: type[Any], prefix: str) -> dict[str, Any]:
 
 def _head_upsert(dialect_insert: Any) -> Any:
     upsert = dialect_insert(AuditChain).values(
-        chain=bindparam("h_chain"), seq=bindparam("h_seq"), head_hash=bindparam("h_hash")
+        chain=bindparam("h_chain"),
+        seq=bindparam("h_seq"),
+        head_hash=bindparam("h_hash"),
+        mac=bindparam("h_mac"),
     )
     return upsert.on_conflict_do_update(
         index_elements=[AuditChain.chain],
-        set_={"seq": upsert.excluded.seq, "head_hash": upsert.excluded.head_hash},
+        set_={
+            "seq": upsert.excluded.seq,
+            "head_hash": upsert.excluded.head_hash,
+            "mac": upsert.excluded.mac,
+        },
     )
 
 
+_REGISTER = insert(AuditChainRegistry).values(_bound_values(AuditChainRegistry, "r_"))
+
+
 @functools.cache
-def _postgres_append(events: int, links: int) -> Any:
-    """One statement, built once per shape: the events, their customer links and the chain head
-    in one round trip. (One single-row INSERT per row: a multi-row VALUES is not cacheable.)"""
-    inserts = [
-        insert(AccessEvent).values(_bound_values(AccessEvent, f"e{i}_")).cte(f"event_{i}")
-        for i in range(events)
-    ] + [
-        insert(AccessEventCustomer)
-        .values(_bound_values(AccessEventCustomer, f"l{i}_"))
-        .cte(f"link_{i}")
-        for i in range(links)
-    ]
+def _postgres_append(events: int, links: int, register: bool) -> Any:
+    """One statement, built once per shape: the events, their customer links, the chain's
+    registration (with its first event) and its head in one round trip. (One single-row INSERT
+    per row: a multi-row VALUES is not cacheable.)"""
+    registration = [_REGISTER.cte("registration")] if register else []
+    inserts = (
+        registration
+        + [
+            insert(AccessEvent).values(_bound_values(AccessEvent, f"e{i}_")).cte(f"event_{i}")
+            for i in range(events)
+        ]
+        + [
+            insert(AccessEventCustomer)
+            .values(_bound_values(AccessEventCustomer, f"l{i}_"))
+            .cte(f"link_{i}")
+            for i in range(links)
+        ]
+    )
     return _head_upsert(postgresql.insert).add_cte(*inserts)
 
 
@@ -123,6 +152,7 @@ _SQLITE_HEAD = _head_upsert(sqlite.insert)
 
 async def _write(
     session: AsyncSession,
+    keys: AuditKeys,
     chain: str,
     rows: list[dict[str, Any]],
     links: list[dict[str, Any]],
@@ -130,29 +160,63 @@ async def _write(
     head: str,
 ) -> None:
     connection = await session.connection()
-    head_params = {"h_chain": chain, "h_seq": seq, "h_hash": head}
+    params = {
+        "h_chain": chain,
+        "h_seq": seq,
+        "h_hash": head,
+        "h_mac": keys.head_mac(chain, seq, head),
+    }
+    register = rows[0]["seq"] == 1
+    if register:
+        at = rows[0]["at"]
+        params.update(
+            {"r_chain": chain, "r_registered_at": at, "r_mac": keys.registry_mac(chain, at)}
+        )
     if connection.dialect.name == "postgresql":
-        params = dict(head_params)
         for i, row in enumerate(rows):
-            params.update({f"e{i}_{name}": value for name, value in row.items()})
+            params.update({f"e{i}_{name}": value for name, value in _event_row(row).items()})
         for i, link in enumerate(links):
             params.update({f"l{i}_{name}": value for name, value in link.items()})
-        await connection.execute(_postgres_append(len(rows), len(links)), params)
+        await connection.execute(_postgres_append(len(rows), len(links), register), params)
         return
-    await connection.execute(insert(AccessEvent), rows)
+    if register:
+        await connection.execute(_REGISTER, params)
+    await connection.execute(insert(AccessEvent), [_event_row(row) for row in rows])
     if links:
         await connection.execute(insert(AccessEventCustomer), links)
-    await connection.execute(_SQLITE_HEAD, head_params)
+    await connection.execute(_SQLITE_HEAD, params)
 
 
 class AuditLog:
     """This process's chains of the access log."""
 
-    def __init__(self, key: bytes, *, chains: int | None = None) -> None:
-        self._key = key
+    def __init__(
+        self,
+        keys: AuditKeys,
+        *,
+        chains: int | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._keys = keys
         self._tag = secrets.token_hex(6)
         self._generation = 0
         self._chains = [self._fresh_chain() for _ in range(chains or CHAINS_PER_PROCESS)]
+        # The time events are stamped with; tests replace it to control time-dependent rules.
+        self.clock = clock
+        self._listeners: list[AppendListener] = []
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    def listen(self, listener: AppendListener) -> None:
+        self._listeners.append(listener)
+
+    def _committed(self, rows: Sequence[dict[str, Any]]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(rows)
+            except Exception:  # a monitor's failure must never fail the request
+                log.exception("append listener failed")
 
     def _fresh_chain(self) -> _Chain:
         self._generation += 1
@@ -188,12 +252,13 @@ class AuditLog:
             async with chain.lock:
                 if chain.retired:
                     continue
-                rows, links, seq, head = _rows(chain, drafts, self._key, request_id, at)
+                rows, links, seq, head = _rows(chain, drafts, self._keys.chain, request_id, at)
                 try:
-                    await _write(session, chain.name, rows, links, seq, head)
+                    await _write(session, self._keys, chain.name, rows, links, seq, head)
                     await session.commit()
                 except BaseException:
                     self._retire(chain)
                     raise
                 chain.seq, chain.head = seq, head
-                return
+                break
+        self._committed(rows)

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -28,6 +29,12 @@ class AccessEvent(Base):
         Index("ix_access_event_at", "at"),
         Index("ix_access_event_actor_at", "actor", "at"),
         Index("ix_access_event_store_at", "store", "at"),
+        Index(
+            "ix_access_event_review",
+            "at",
+            postgresql_where=text("review_required"),
+            sqlite_where=text("review_required"),
+        ),
     )
 
     id: Mapped[str] = id_column()
@@ -73,10 +80,35 @@ class AccessEventCustomer(Base):
 
 
 class AuditChain(Base):
-    """The head of each hash chain: its last sequence number and hash."""
+    """The head of each hash chain: its last sequence number and hash, authenticated by a MAC
+    under a key kept outside the database (updated on every append, so not append-only)."""
 
     __tablename__ = "audit_chain"
 
     chain: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     head_hash: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str] = mapped_column(String(64))
+
+
+class AuditChainRegistry(Base):
+    """Every chain, registered (append-only, MAC'd) in the transaction of its first event: a
+    chain deleted with its head row is still named here."""
+
+    __tablename__ = "audit_chain_registry"
+
+    chain: Mapped[str] = mapped_column(String(64), primary_key=True)
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    mac: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(Base):
+    """The database's copy of the checkpoint file's lines (append-only): each line verbatim."""
+
+    __tablename__ = "audit_checkpoint"
+    __table_args__ = (Index("ix_audit_checkpoint_n", "n"),)
+
+    hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    line: Mapped[str] = mapped_column(Text)

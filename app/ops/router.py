@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.audit.service import open_alerts_by_rule
 from app.errors import ServiceUnavailable
 from app.kit.deps import RuntimeDep
 from app.messages.metrics import refresh_outbox_gauges
@@ -39,10 +40,18 @@ async def readyz(runtime: RuntimeDep) -> dict[str, str]:
 
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request, runtime: RuntimeDep) -> Response:
-    """Prometheus metrics (request counts and latencies by route template, outbox gauges)."""
-    registry = request.app.state.metrics.registry
-    await refresh_outbox_gauges(runtime, registry)
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics (request counts and latencies by route template, outbox gauges, open
+    alerts by rule)."""
+    metrics = request.app.state.metrics
+    await refresh_outbox_gauges(runtime, metrics.registry)
+    try:
+        open_alerts = await open_alerts_by_rule(runtime)
+    except SQLAlchemyError:
+        open_alerts = None  # the request metrics are still worth serving
+    if open_alerts is not None:
+        for rule, count in open_alerts.items():
+            metrics.open_alerts.labels(rule).set(count)
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/problems", include_in_schema=False)

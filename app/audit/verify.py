@@ -1,0 +1,661 @@
+"""Verification of the access log: every chain whole, sealed, registered, and as long as the
+newest checkpoint says.
+
+Rows are streamed as plain tuples (no ORM objects) and each event's canonical encoding is built
+straight from them; verification reads one consistent snapshot (heads and events together).
+
+Problems, by name:
+
+- ``hash-mismatch``: an event's seal does not match its content, its link to the previous event
+  is broken, or it differs from the hash a checkpoint recorded for it;
+- ``seq-gap``: a chain's sequence skips numbers (an event was deleted);
+- ``tail-truncated``: a chain ends before its head or its newest checkpoint, or its head is
+  missing or not authenticated;
+- ``chain-missing``: a chain that is registered, or named by a checkpoint, has no events;
+- ``chain-unregistered``: a chain in the log with no authenticated registration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import os
+import pickle
+import queue
+import secrets
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from json.encoder import encode_basestring
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from app.audit.chain import (
+    GENESIS_HASH,
+    HASHED_FIELDS_BY_VERSION,
+    AuditKeys,
+    seal_encoded,
+)
+from app.audit.checkpoints import Fold, Head
+
+HASH_MISMATCH = "hash-mismatch"
+SEQ_GAP = "seq-gap"
+TAIL_TRUNCATED = "tail-truncated"
+CHAIN_MISSING = "chain-missing"
+CHAIN_UNREGISTERED = "chain-unregistered"
+
+MAX_PROBLEMS = 100
+BATCH = 5_000
+PREFETCH = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    problem: str
+    chain: str
+    seq: int | None = None
+    event_id: str | None = None
+    at: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "problem": self.problem,
+            "chain": self.chain,
+            "seq": self.seq,
+            "event_id": self.event_id,
+        }
+
+
+@dataclass
+class Verification:
+    full: bool
+    checked: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    more_problems: int = 0
+    # The committed heads that were verified (what a checkpoint after it records).
+    heads: dict[str, Head] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    @property
+    def first_bad_id(self) -> str | None:
+        with_events = [f for f in self.findings if f.event_id is not None]
+        if not with_events:
+            return None
+        return min(with_events, key=lambda f: (f.at or "", f.chain, f.seq or 0)).event_id
+
+    def report(self, finding: Finding) -> None:
+        if len(self.findings) >= MAX_PROBLEMS:
+            self.more_problems += 1
+            return
+        if finding not in self.findings:
+            self.findings.append(finding)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "first_bad_id": self.first_bad_id,
+            "problems": [finding.as_dict() for finding in self.findings],
+        }
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+# The columns in a fixed order; ``at`` as the canonical text.
+_COLUMNS = (
+    "id, chain, seq, {at}, actor, actor_id, role, store, terminal, purpose, reason, action, "
+    "resource, {fields}, {changed}, result_count, outcome, denial, review_required, request_id, "
+    "encoding_version, presence_method, subject_request_id, count, prev_hash, hash, {links}"
+)
+_POSTGRES_SELECT = _COLUMNS.format(
+    at="to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    fields="e.fields::text",
+    changed="e.changed_fields::text",
+    links="(SELECT array_agg(l.customer_id ORDER BY l.position) "
+    "FROM access_event_customer l WHERE l.event_id = e.id)",
+)
+_SQLITE_SELECT = _COLUMNS.format(
+    # SQLAlchemy stores SQLite datetimes as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC, see UTCDateTime).
+    at="replace(e.at, ' ', 'T') || 'Z'",
+    fields="e.fields",
+    changed="e.changed_fields",
+    links="(SELECT json_group_array(customer_id) FROM (SELECT l.customer_id "
+    "FROM access_event_customer l WHERE l.event_id = e.id ORDER BY l.position))",
+)
+
+# Loose index scan: the distinct chains in a few index probes each, however many events.
+_CHAINS_WITH_EVENTS = text(
+    "WITH RECURSIVE c(chain) AS ("
+    " SELECT min(chain) FROM access_event"
+    " UNION ALL"
+    " SELECT (SELECT min(e.chain) FROM access_event e WHERE e.chain > c.chain)"
+    " FROM c WHERE c.chain IS NOT NULL"
+    ") SELECT chain FROM c WHERE chain IS NOT NULL"
+)
+
+
+def _postgres(connection: Connection) -> bool:
+    return connection.dialect.name == "postgresql"
+
+
+def _stream(connection: Connection, sql: str, params: tuple[Any, ...]) -> Iterator[Sequence[Any]]:
+    """Rows straight from the driver's cursor (server-side on PostgreSQL), in batches fetched
+    by a helper thread while this one checks the previous batch (the drivers release the GIL
+    while they wait for the database)."""
+    raw: Any = connection.connection.driver_connection
+    if _postgres(connection):
+        cursor = raw.cursor(name=f"verify_{secrets.token_hex(6)}")
+        cursor.itersize = BATCH
+    else:
+        cursor = raw.cursor()
+    batches: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=PREFETCH)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            cursor.execute(sql, params)
+            while not stop.is_set():
+                rows = cursor.fetchmany(BATCH)
+                if not rows:
+                    break
+                batches.put(rows)
+            batches.put(None)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            batches.put(exc)
+
+    fetcher = threading.Thread(target=fetch, name="audit-verify-fetch", daemon=True)
+    fetcher.start()
+    try:
+        while True:
+            batch = batches.get()
+            if batch is None:
+                return
+            if isinstance(batch, BaseException):
+                raise batch
+            yield from batch
+    finally:
+        stop.set()
+        while fetcher.is_alive():  # unblock a fetcher waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                batches.get(timeout=0.05)
+        cursor.close()
+
+
+# The statements are built from the constants above only (no caller input in their text).
+def _all_events(connection: Connection) -> Iterator[Sequence[Any]]:
+    select_list = _POSTGRES_SELECT if _postgres(connection) else _SQLITE_SELECT
+    sql = f"SELECT {select_list} FROM access_event e ORDER BY e.chain, e.seq"  # noqa: S608
+    return _stream(connection, sql, ())
+
+
+def _chain_events(connection: Connection, chain: str, from_seq: int) -> Iterator[Sequence[Any]]:
+    postgres = _postgres(connection)
+    select_list = _POSTGRES_SELECT if postgres else _SQLITE_SELECT
+    mark = "%s" if postgres else "?"
+    sql = (
+        f"SELECT {select_list} FROM access_event e "  # noqa: S608
+        f"WHERE e.chain = {mark} AND e.seq >= {mark} ORDER BY e.seq"
+    )
+    return _stream(connection, sql, (chain, from_seq))
+
+
+# --- sealing a row -------------------------------------------------------------------------------
+#
+# The canonical encoding (``app/audit/chain.py``: sorted keys, compact, UTF-8) built by a template
+# straight from the row: much faster than a dict through the JSON encoder, and the same bytes
+# (the tests compare the two on both backends).
+
+_LIST = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_KEYS_BY_VERSION = {version: sorted(fields) for version, fields in HASHED_FIELDS_BY_VERSION.items()}
+_TEMPLATES = {
+    version: "{" + ",".join(f'"{key}":%s' for key in keys) + "}"
+    for version, keys in _KEYS_BY_VERSION.items()
+}
+
+
+def _text(value: Any) -> str:
+    return "null" if value is None else encode_basestring(value)
+
+
+def _number(value: Any) -> str:
+    return "null" if value is None else str(int(value))
+
+
+def _json_list(value: Any) -> str:
+    """A stored JSON list (text, or a driver's list) in the canonical form."""
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return _LIST(value)
+    if value.isascii() and "\\" not in value:
+        # How SQLAlchemy wrote it (json.dumps' default separators); plain names only.
+        return str(value).replace('", "', '","')
+    return _LIST(json.loads(value))
+
+
+def _encoded(row: Sequence[Any]) -> bytes | None:
+    """The canonical encoding of a streamed row (None: an unknown encoding version or a value
+    of the wrong type, which no sealed event has)."""
+    (
+        id_,
+        chain,
+        seq,
+        at,
+        actor,
+        actor_id,
+        role,
+        store,
+        terminal,
+        purpose,
+        reason,
+        action,
+        resource,
+        fields,
+        changed,
+        result_count,
+        outcome,
+        denial,
+        review_required,
+        request_id,
+        version,
+        presence_method,
+        subject_request_id,
+        count,
+        _prev,
+        _hash,
+        links,
+    ) = row
+    text_ = encode_basestring  # the columns that are never null are encoded directly
+    review = "null" if review_required is None else ("true" if review_required else "false")
+    try:
+        if version == 2:
+            values: tuple[str, ...] = (
+                text_(action),
+                "null" if actor is None else text_(actor),
+                "null" if actor_id is None else text_(actor_id),
+                text_(at),
+                text_(chain),
+                _json_list(changed),
+                _number(count),
+                "[]" if links is None else _json_list(links),
+                "null" if denial is None else text_(denial),
+                "2",
+                _json_list(fields),
+                text_(id_),
+                text_(outcome),
+                "null" if presence_method is None else text_(presence_method),
+                "null" if purpose is None else text_(purpose),
+                "null" if reason is None else text_(reason),
+                text_(request_id),
+                text_(resource),
+                _number(result_count),
+                review,
+                "null" if role is None else text_(role),
+                str(int(seq)),
+                "null" if store is None else text_(store),
+                "null" if subject_request_id is None else text_(subject_request_id),
+                "null" if terminal is None else text_(terminal),
+            )
+            return (_TEMPLATES[2] % values).encode()
+        if version == 1:
+            values = (
+                _text(action),
+                _text(actor),
+                _text(actor_id),
+                _text(at),
+                _text(chain),
+                _json_list(changed),
+                "[]" if links is None else _json_list(links),
+                _text(denial),
+                "1",
+                _json_list(fields),
+                _text(id_),
+                _text(outcome),
+                _text(purpose),
+                _text(reason),
+                _text(request_id),
+                _text(resource),
+                _number(result_count),
+                review,
+                _text(role),
+                _number(seq),
+                _text(store),
+                _text(terminal),
+            )
+            return (_TEMPLATES[1] % values).encode()
+    except (TypeError, ValueError):
+        return None
+    return None
+
+
+# --- one chain ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _HeadRow:
+    seq: int
+    hash: str
+    mac: str
+
+
+class _ChainCheck:
+    def __init__(
+        self,
+        verification: Verification,
+        keys: AuditKeys,
+        chain: str,
+        *,
+        start: Head | None,
+        checkpoint: Head | None,
+        head: _HeadRow | None,
+        registered: bool,
+    ) -> None:
+        self.v = verification
+        self.key = keys.chain
+        self.keys = keys
+        self.chain = chain
+        self.start = start
+        self.checkpoint = checkpoint
+        self.head = head
+        self.registered = registered
+        self.expect = (start[0] if start else 0) + 1
+        self.prev = start[1] if start else GENESIS_HASH
+        self.start_seen = start is None or start[0] == 0
+        self.events = 0
+        self.last_seq = start[0] if start else 0
+
+    def feed(self, row: Sequence[Any]) -> None:
+        v = self.v
+        event_id, seq, at, prev_hash, stored = row[0], row[2], row[3], row[24], row[25]
+        v.checked += 1
+        self.events += 1
+        if self.start is not None and seq == self.start[0]:
+            # Where the last verification stopped: the event must still be the one it saw.
+            self.start_seen = True
+            if stored != self.start[1]:
+                v.report(Finding(HASH_MISMATCH, self.chain, seq, event_id, at))
+            return
+        if seq != self.expect:
+            v.report(Finding(SEQ_GAP, self.chain, seq, event_id, at))
+        elif prev_hash != self.prev:
+            v.report(Finding(HASH_MISMATCH, self.chain, seq, event_id, at))
+        encoded = _encoded(row)
+        # (Plain comparisons: nobody times a verification to learn a hash.)
+        if encoded is None or seal_encoded(self.key, prev_hash, encoded) != stored:
+            v.report(Finding(HASH_MISMATCH, self.chain, seq, event_id, at))
+        if (
+            self.checkpoint is not None
+            and seq == self.checkpoint[0]
+            and stored != self.checkpoint[1]
+        ):
+            v.report(Finding(HASH_MISMATCH, self.chain, seq, event_id, at))
+        self.prev = stored
+        self.expect = seq + 1
+        self.last_seq = seq
+
+    def finish(self) -> None:
+        v, chain = self.v, self.chain
+        if self.events == 0 and (self.head is None or self.start is None):
+            v.report(Finding(CHAIN_MISSING, chain))
+            return
+        if not self.registered:
+            v.report(Finding(CHAIN_UNREGISTERED, chain))
+        if not self.start_seen:
+            # Events the last verification saw are gone.
+            v.report(Finding(TAIL_TRUNCATED, chain, self.start[0] if self.start else None))
+            return
+        if self.checkpoint is not None and self.last_seq < self.checkpoint[0]:
+            v.report(Finding(TAIL_TRUNCATED, chain, self.checkpoint[0]))
+        head = self.head
+        if head is None or not hmac.compare_digest(
+            self.keys.head_mac(chain, head.seq, head.hash), head.mac
+        ):
+            v.report(Finding(TAIL_TRUNCATED, chain, head.seq if head else None))
+        elif head.seq != self.last_seq:
+            v.report(Finding(TAIL_TRUNCATED, chain, head.seq))
+        elif head.hash != self.prev:
+            v.report(Finding(HASH_MISMATCH, chain, head.seq))
+        else:
+            v.heads[chain] = (head.seq, head.hash)
+
+
+# --- the whole log -------------------------------------------------------------------------------
+
+
+def _heads(connection: Connection) -> dict[str, _HeadRow]:
+    rows = connection.execute(text("SELECT chain, seq, head_hash, mac FROM audit_chain"))
+    return {chain: _HeadRow(int(seq), head_hash, mac) for chain, seq, head_hash, mac in rows}
+
+
+def _registered(connection: Connection, keys: AuditKeys) -> set[str]:
+    from app.models import AuditChainRegistry
+
+    rows = connection.execute(
+        AuditChainRegistry.__table__.select()  # typed datetimes, for the MAC's timestamp
+    )
+    return {
+        row.chain
+        for row in rows
+        if hmac.compare_digest(keys.registry_mac(row.chain, row.registered_at), row.mac)
+    }
+
+
+def checkpoint_lines(connection: Connection, *, after: int = 0) -> list[str]:
+    """The database's copies of the checkpoint lines numbered after ``after`` (those the file
+    does not have at its end, e.g. if it was rolled back)."""
+    statement = text("SELECT line FROM audit_checkpoint WHERE n > :n")
+    return list(connection.execute(statement, {"n": after}).scalars())
+
+
+def verify(
+    connection: Connection,
+    keys: AuditKeys,
+    checkpoints: Fold,
+    *,
+    full: bool,
+) -> Verification:
+    """Verify the log as this connection's transaction sees it, against the checkpoints.
+
+    ``full``: every event from each chain's start; otherwise from where the last passing
+    verification (``checkpoints.verified``) left each chain."""
+    verification = Verification(full=full)
+    heads = _heads(connection)
+    registered = _registered(connection, keys)
+    with_events = set(connection.execute(_CHAINS_WITH_EVENTS).scalars())
+    chains = sorted(set(heads) | registered | set(checkpoints.heads) | with_events)
+
+    def check(chain: str, start: Head | None) -> _ChainCheck:
+        return _ChainCheck(
+            verification,
+            keys,
+            chain,
+            start=start,
+            checkpoint=checkpoints.heads.get(chain),
+            head=heads.get(chain),
+            registered=chain in registered,
+        )
+
+    if full:
+        workers = _workers(connection, heads)
+        if workers > 1:
+            _verify_in_parallel(connection, keys, verification, chains, check, workers)
+            return verification
+        checks = {chain: check(chain, None) for chain in chains}
+        for row in _all_events(connection):
+            checks[row[1]].feed(row)
+        for chain in chains:
+            checks[chain].finish()
+        return verification
+
+    for chain in chains:
+        start = checkpoints.verified.get(chain)
+        current = check(chain, start)
+        for row in _chain_events(connection, chain, start[0] if start else 0):
+            current.feed(row)
+        current.finish()
+    return verification
+
+
+# --- a full verification of a large log on PostgreSQL, in several processes ---------------------
+#
+# Chains are independent, so they are shared out between processes that read the same snapshot
+# (exported by this transaction); each checks its chains exactly as above.
+
+PARALLEL_MIN_EVENTS = 250_000
+MAX_WORKERS = 4
+
+
+def _workers(connection: Connection, heads: dict[str, _HeadRow]) -> int:
+    if not _postgres(connection) or sum(h.seq for h in heads.values()) < PARALLEL_MIN_EVENTS:
+        return 1
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1, len(heads)))
+
+
+@dataclass(frozen=True)
+class _Part:
+    url: str
+    snapshot: str
+    keys: AuditKeys
+    # Per chain: its newest checkpoint, its head row and whether it is registered.
+    chains: list[tuple[str, Head | None, _HeadRow | None, bool]]
+
+
+def _check_part(connection: Connection, part: _Part, verification: Verification) -> None:
+    checks = {
+        chain: _ChainCheck(
+            verification,
+            part.keys,
+            chain,
+            start=None,
+            checkpoint=checkpoint,
+            head=head,
+            registered=registered,
+        )
+        for chain, checkpoint, head, registered in part.chains
+    }
+    sql = (
+        f"SELECT {_POSTGRES_SELECT} FROM access_event e "  # noqa: S608
+        "WHERE e.chain = ANY(%s) ORDER BY e.chain, e.seq"
+    )
+    for row in _stream(connection, sql, (list(checks),)):
+        checks[row[1]].feed(row)
+    for check in checks.values():
+        check.finish()
+
+
+def _verify_part(part: _Part) -> Verification:
+    """In a worker process: the part's chains, in the snapshot of the main verification."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(part.url, poolclass=NullPool, isolation_level="REPEATABLE READ")
+    try:
+        with engine.connect() as connection, connection.begin():
+            connection.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{part.snapshot}'")
+            verification = Verification(full=True)
+            _check_part(connection, part, verification)
+            return verification
+    finally:
+        engine.dispose()
+
+
+def _verify_in_parallel(
+    connection: Connection,
+    keys: AuditKeys,
+    verification: Verification,
+    chains: list[str],
+    check: Any,
+    workers: int,
+) -> None:
+    snapshot = connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+    url = connection.engine.url.render_as_string(hide_password=False)
+    # Balanced by length (the head's seq), longest first.
+    probes = sorted((check(chain, None) for chain in chains), key=lambda c: -_length(c))
+    loads = [0] * workers
+    groups: list[list[tuple[str, Head | None, _HeadRow | None, bool]]] = [[] for _ in loads]
+    for probe in probes:
+        slot = loads.index(min(loads))
+        loads[slot] += _length(probe)
+        groups[slot].append((probe.chain, probe.checkpoint, probe.head, probe.registered))
+    parts = [_Part(url, snapshot, keys, group) for group in groups]
+    # Worker processes of our own (``python -m app.audit.verify_worker``), given their part
+    # (the keys included) on stdin, never on the command line.
+    processes = []
+    for part in parts[1:]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.audit.verify_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert process.stdin is not None
+        process.stdin.write(pickle.dumps(part))
+        process.stdin.close()
+        processes.append(process)
+    try:
+        _check_part(connection, parts[0], verification)
+        for process in processes:
+            assert process.stdout is not None
+            output = process.stdout.read()
+            if process.wait() != 0:
+                raise RuntimeError("a verification worker failed")
+            result: Verification = pickle.loads(output)  # noqa: S301 (our own worker's answer)
+            verification.checked += result.checked
+            verification.heads.update(result.heads)
+            verification.more_problems += result.more_problems
+            for finding in result.findings:
+                verification.report(finding)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _length(check: _ChainCheck) -> int:
+    return check.head.seq if check.head else 0
+
+
+def changed_heads(current: dict[str, Head], fold: Fold) -> dict[str, Head]:
+    return {chain: head for chain, head in current.items() if fold.heads.get(chain) != head}
+
+
+def compare_heads(
+    connection: Connection, keys: AuditKeys, fold: Fold
+) -> tuple[dict[str, Head], list[Finding]]:
+    """The committed heads, compared with the newest checkpoint (a cheap check, not a
+    verification): each authenticated and registered, no chain missing or shorter than the
+    checkpoint, and the event at the checkpoint's head still the one it recorded."""
+    heads = _heads(connection)
+    registered = _registered(connection, keys)
+    findings: list[Finding] = []
+    current: dict[str, Head] = {}
+    for chain, row in heads.items():
+        if not hmac.compare_digest(keys.head_mac(chain, row.seq, row.hash), row.mac):
+            findings.append(Finding(TAIL_TRUNCATED, chain, row.seq))
+        elif chain not in registered:
+            findings.append(Finding(CHAIN_UNREGISTERED, chain))
+        else:
+            current[chain] = (row.seq, row.hash)
+    findings.extend(Finding(CHAIN_MISSING, chain) for chain in sorted(registered - set(heads)))
+    statement = text("SELECT hash FROM access_event WHERE chain = :chain AND seq = :seq")
+    for chain, (seq, digest) in fold.heads.items():
+        head = heads.get(chain)
+        if head is None:
+            if chain in registered:
+                continue  # reported above
+            findings.append(Finding(CHAIN_MISSING, chain))
+        elif head.seq < seq:
+            findings.append(Finding(TAIL_TRUNCATED, chain, seq))
+        elif head.seq == seq:
+            if head.hash != digest:
+                findings.append(Finding(HASH_MISMATCH, chain, seq))
+        elif connection.execute(statement, {"chain": chain, "seq": seq}).scalar() != digest:
+            findings.append(Finding(HASH_MISMATCH, chain, seq))
+    return current, findings

@@ -1,0 +1,194 @@
+"""The verifier's fast encoding is the writer's canonical encoding, byte for byte, on both
+backends, for both encoding versions and for awkward text (so that an untouched log is never
+reported as tampered)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, insert, select, text
+from sqlalchemy.orm import Session
+
+from app.audit.chain import (
+    GENESIS_HASH,
+    HASHED_FIELDS_BY_VERSION,
+    AuditKeys,
+    canonical_encoding,
+    seal,
+)
+from app.audit.verify import _all_events, _encoded
+from app.config import Settings
+from app.keys import decode_key
+from app.main import create_app
+from app.models import AccessEvent, AccessEventCustomer, AuditChain, AuditChainRegistry
+from tests import cast
+from tests.audit_helpers import drop_append_only_triggers, problem_names, verify_api
+from tests.conftest import login
+from tests.world import purpose, register_customer
+
+AWKWARD_REASON = 'お客様の "ご依頼" \\ ＼ 😀 による確認 </td><script>'
+
+
+def _keys(settings: Settings) -> AuditKeys:
+    assert settings.index_key is not None
+    return AuditKeys.derive(decode_key(settings.index_key.get_secret_value(), "index"))
+
+
+def _orm_events(db: Engine) -> dict[str, dict[str, Any]]:
+    with Session(db) as session:
+        links: dict[str, list[str]] = {}
+        for link in session.scalars(
+            select(AccessEventCustomer).order_by(AccessEventCustomer.position)
+        ):
+            links.setdefault(link.event_id, []).append(link.customer_id)
+        return {
+            event.id: {
+                **{c: getattr(event, c) for c in AccessEvent.__table__.columns.keys()},  # noqa: SIM118
+                "customer_ids": links.get(event.id, []),
+            }
+            for event in session.scalars(select(AccessEvent))
+        }
+
+
+def test_the_fast_encoding_is_the_canonical_one(client: TestClient, db: Engine) -> None:
+    sales = login(client, cast.SALES, terminal="POS:7_a.b-c")
+    customer = register_customer(client, sales, seed=71)
+    manager = login(client, cast.MANAGER)
+    response = client.get(
+        f"/customers/{customer.id}", headers=purpose(manager, "support", reason=AWKWARD_REASON)
+    )
+    assert response.status_code == 200
+    client.post(
+        "/customers/search", json={"phone": "090-9999-1234"}, headers=purpose(sales, "contract")
+    )
+    events = _orm_events(db)
+    with db.connect() as connection, connection.begin():
+        rows = list(_all_events(connection))
+    assert len(rows) == len(events) >= 5
+    assert any(event["reason"] == AWKWARD_REASON for event in events.values())
+    for row in rows:
+        assert _encoded(row) == canonical_encoding(events[row[0]]), row[0]
+    assert verify_api(client, full=True)["ok"]
+
+
+def test_version_1_events_verify_by_their_own_fields(
+    client: TestClient, settings: Settings, db: Engine
+) -> None:
+    login(client, cast.SALES)
+    keys = _keys(settings)
+    chain = "legacy.1"  # a chain written before version 2, with one event
+    with db.connect() as connection:
+        at = connection.execute(select(AccessEvent.at)).scalars().first()
+    event: dict[str, Any] = {
+        "id": "22222222-2222-4222-8222-222222222222",
+        "chain": chain,
+        "seq": 1,
+        "at": at,
+        "actor": "sales1",
+        "actor_id": None,
+        "role": "sales",
+        "store": "S001",
+        "terminal": None,
+        "purpose": "contract",
+        "reason": "旧形式の記録",
+        "action": "read",
+        "resource": "customers/x",
+        "customer_ids": ["33333333-3333-4333-8333-333333333333"],
+        "fields": ["name"],
+        "changed_fields": None,
+        "result_count": None,
+        "outcome": "allowed",
+        "denial": None,
+        "review_required": False,
+        "request_id": "legacy",
+        "encoding_version": 1,
+        "presence_method": None,
+        "subject_request_id": None,
+        "count": None,
+        "prev_hash": GENESIS_HASH,
+    }
+    assert "presence_method" not in HASHED_FIELDS_BY_VERSION[1]
+    event["hash"] = seal(keys.chain, GENESIS_HASH, event)
+    with db.begin() as connection:
+        connection.execute(
+            insert(AccessEvent), [{k: v for k, v in event.items() if k != "customer_ids"}]
+        )
+        connection.execute(
+            insert(AccessEventCustomer),
+            [{"event_id": event["id"], "position": 0, "customer_id": event["customer_ids"][0]}],
+        )
+        connection.execute(
+            insert(AuditChainRegistry),
+            [{"chain": chain, "registered_at": at, "mac": keys.registry_mac(chain, at)}],
+        )
+        connection.execute(
+            insert(AuditChain),
+            [
+                {
+                    "chain": chain,
+                    "seq": 1,
+                    "head_hash": event["hash"],
+                    "mac": keys.head_mac(chain, 1, event["hash"]),
+                }
+            ],
+        )
+    assert verify_api(client, full=True)["ok"]
+    # Its seal covers only version 1's fields: a value outside them does not matter ...
+    drop_append_only_triggers(db)
+    with db.begin() as connection:
+        connection.execute(
+            text("UPDATE access_event SET presence_method = 'pin' WHERE id = :id"),
+            {"id": event["id"]},
+        )
+    assert verify_api(client, full=True)["ok"]
+    # ... one inside them does.
+    with db.begin() as connection:
+        connection.execute(
+            text("UPDATE access_event SET reason = 'x' WHERE id = :id"), {"id": event["id"]}
+        )
+    result = verify_api(client, full=True)
+    assert problem_names(result) == {"hash-mismatch"}
+    assert result["first_bad_id"] == event["id"]
+
+
+def test_a_large_log_is_verified_in_several_processes(
+    settings: Settings, db: Engine, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend != "postgres":
+        pytest.skip("processes share an exported PostgreSQL snapshot")
+    from app.audit import verify as verify_module
+
+    monkeypatch.setattr(verify_module, "PARALLEL_MIN_EVENTS", 1)
+    monkeypatch.setattr(verify_module, "MAX_WORKERS", 3)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    calls: list[int] = []
+    in_parallel = verify_module._verify_in_parallel
+
+    def spy(*args: Any) -> None:
+        calls.append(args[-1])
+        in_parallel(*args)
+
+    monkeypatch.setattr(verify_module, "_verify_in_parallel", spy)
+    with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
+        for _ in range(3):
+            login(first, cast.SALES)
+            login(second, cast.MANAGER)
+        with db.connect() as connection:
+            chains = connection.execute(text("SELECT count(*) FROM audit_chain")).scalar_one()
+        assert chains >= 2
+        result = verify_api(first, full=True)
+        assert result["ok"] and result["checked"] >= 6
+        drop_append_only_triggers(db)
+        with db.begin() as connection:
+            victim = connection.execute(
+                text("SELECT id FROM access_event WHERE actor = 'manager1' LIMIT 1")
+            ).scalar_one()
+            connection.execute(
+                text("UPDATE access_event SET reason = 'x' WHERE id = :id"), {"id": victim}
+            )
+        result = verify_api(first, full=True)
+    assert problem_names(result) == {"hash-mismatch"} and result["first_bad_id"] == victim
+    assert calls and all(workers >= 2 for workers in calls)
