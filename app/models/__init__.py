@@ -4,7 +4,8 @@ from app.models.access_event import AccessEvent, AccessEventCustomer, AuditChain
 from app.models.base import Base
 from app.models.customer import ConsentEvent, Contract, Customer, CustomerKey
 from app.models.identity import RevokedToken, Staff, Store, SystemClient
-from app.models.visit import IdempotentRequest, ServiceKey, Visit
+from app.models.paper_form import PaperForm
+from app.models.visit import IdempotentRequest, RepairStatusChange, ServiceKey, Visit
 
 __all__ = [
     "AccessEvent",
@@ -16,6 +17,8 @@ __all__ = [
     "Customer",
     "CustomerKey",
     "IdempotentRequest",
+    "PaperForm",
+    "RepairStatusChange",
     "RevokedToken",
     "ServiceKey",
     "Staff",
