@@ -48,6 +48,7 @@ from app.kit.idempotency import idempotent_call
 from app.kit.ids import resource_of
 from app.models import ConsentEvent, Customer
 from app.models.base import new_id, utcnow
+from app.retention.service import recompute_form_retention
 from app.policy import PURPOSES_WHILE_SUSPENDED, FieldGroup
 from app.runtime import Runtime
 from app.uow import UnitOfWork
@@ -303,6 +304,9 @@ async def correct_customer(
     if changed:
         customer.updated_at = utcnow()
     await repository.flush(uow.session)
+    # Retention (paper forms): consent forms are kept while a consent is granted.
+    if any(name.startswith("consents.") for name in changed):
+        await recompute_form_retention(uow, customer.id)
     view = await _view(uow, runtime, opened)
     record_access(
         uow,
