@@ -48,8 +48,8 @@ from app.kit.idempotency import idempotent_call
 from app.kit.ids import resource_of
 from app.models import ConsentEvent, Customer
 from app.models.base import new_id, utcnow
-from app.retention.service import recompute_form_retention
 from app.policy import PURPOSES_WHILE_SUSPENDED, FieldGroup
+from app.retention.service import recompute_form_retention
 from app.runtime import Runtime
 from app.uow import UnitOfWork
 from app.validation.email import normalise_email
