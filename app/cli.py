@@ -1,4 +1,5 @@
-"""The ``shopvault`` command: ``migrate``, ``create-admin``, ``serve``, ``demo``, ``keys rotate``.
+"""The ``shopvault`` command: ``migrate``, ``create-admin``, ``serve``, ``demo``, ``keys rotate``,
+``purge --dry-run``.
 
 Writes go through the same code paths as the API: the request engine from ``Runtime``, one
 ``UnitOfWork`` per command, and an ``admin`` access event by the ``cli`` actor committed together
@@ -18,6 +19,7 @@ import logging
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -311,6 +313,40 @@ def keys_rotate_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- purge --------------------------------------------------------------------------------------
+
+
+def purge_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``--dry-run`` lists the paper forms due for disposal, per store, oldest first."""
+    from app.documents.service import StoreDue, due_by_store
+    from app.retention.service import date_in_japan
+
+    if not args.dry_run:
+        raise CommandRefused(
+            "purge without --dry-run is not available yet; nothing was changed. "
+            "`shopvault purge --dry-run` lists the paper forms due for disposal"
+        )
+
+    async def work(uow: UnitOfWork, _runtime: Runtime) -> tuple[date, list[StoreDue]]:
+        return await due_by_store(uow)
+
+    today, stores = in_unit_of_work(settings, work)
+    print(
+        f"Paper forms due for disposal on {today.isoformat()} (Asia/Tokyo), oldest first. "
+        "Dry run: nothing was changed."
+    )
+    for store in stores:
+        print(f"{store.code} {store.name}: {len(store.forms)} due")
+        for form in store.forms:
+            print(
+                f"  registered {date_in_japan(form.registered_at).isoformat()}"
+                f"  kept until {form.retain_until}"
+                f"  {form.form_type.value:<13}  at {form.storage_location}"
+                f"  customer {form.customer_id}  form {form.id}"
+            )
+    return 0
+
+
 # --- the command line ---------------------------------------------------------------------------
 
 
@@ -360,6 +396,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the new master key (base64url of 32 random bytes) from stdin",
     )
     rotate.set_defaults(handler=keys_rotate_command)
+
+    purge = commands.add_parser(
+        "purge", help="disposal by retention rules (for now: --dry-run lists the forms due)"
+    )
+    purge.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the paper forms due for disposal, per store, oldest first; change nothing",
+    )
+    purge.set_defaults(handler=purge_command)
     return parser
 
 
