@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.repository import visit_is_open
 from app.kit.pagination import PageRequest, newest_first
 from app.models import Customer, RepairStatusChange, ServiceKey, Staff, Store, Visit
+from app.visits.rules import VisitType
 
 
 async def in_store(
@@ -66,7 +67,7 @@ async def stale_repairs_in_store(
         .join(Store, Store.id == Visit.store_id)
         .where(
             Visit.store_id == store_id,
-            Visit.type == "repair",
+            Visit.type == VisitType.REPAIR.value,
             Visit.closed_at.is_(None),
             Visit.repair_updated_at < changed_before,
         )
