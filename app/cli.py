@@ -1,5 +1,5 @@
 """The ``shopvault`` command: ``migrate``, ``create-admin``, ``create-auditor``, ``serve``,
-``demo``, ``worker``, ``keys rotate``.
+``demo``, ``worker``, ``keys rotate``, ``audit verify|export``, ``purge --dry-run``.
 
 Writes go through the same code paths as the API: the request engine from ``Runtime``, one
 ``UnitOfWork`` per command, and an ``admin`` access event by the ``cli`` actor committed together
@@ -19,6 +19,7 @@ import logging
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -557,6 +558,40 @@ def audit_export_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- purge --------------------------------------------------------------------------------------
+
+
+def purge_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``--dry-run`` lists the paper forms due for disposal, per store, oldest first."""
+    from app.documents.service import StoreDue, due_by_store
+    from app.retention.service import date_in_japan
+
+    if not args.dry_run:
+        raise CommandRefused(
+            "purge without --dry-run is not available yet; nothing was changed. "
+            "`shopvault purge --dry-run` lists the paper forms due for disposal"
+        )
+
+    async def work(uow: UnitOfWork, _runtime: Runtime) -> tuple[date, list[StoreDue]]:
+        return await due_by_store(uow)
+
+    today, stores = in_unit_of_work(settings, work)
+    print(
+        f"Paper forms due for disposal on {today.isoformat()} (Asia/Tokyo), oldest first. "
+        "Dry run: nothing was changed."
+    )
+    for store in stores:
+        print(f"{store.code} {store.name}: {len(store.forms)} due")
+        for form in store.forms:
+            print(
+                f"  registered {date_in_japan(form.registered_at).isoformat()}"
+                f"  kept until {form.retain_until}"
+                f"  {form.form_type.value:<13}  at {form.storage_location}"
+                f"  customer {form.customer_id}  form {form.id}"
+            )
+    return 0
+
+
 # --- the command line ---------------------------------------------------------------------------
 
 
@@ -667,6 +702,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an event must be old to be exported (default 300: late commits)",
     )
     export.set_defaults(handler=audit_export_command)
+    purge = commands.add_parser(
+        "purge", help="disposal by retention rules (for now: --dry-run lists the forms due)"
+    )
+    purge.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the paper forms due for disposal, per store, oldest first; change nothing",
+    )
+    purge.set_defaults(handler=purge_command)
     return parser
 
 

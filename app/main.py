@@ -15,12 +15,14 @@ from app.auth.router import router as auth_router
 from app.config import Settings
 from app.contracts.router import router as contracts_router
 from app.customers.router import router as customers_router
+from app.documents.router import router as documents_router
 from app.logs import configure_logging
 from app.messages.router import router as messages_router
 from app.middleware import Metrics, RequestMiddleware
 from app.ops.router import router as ops_router
 from app.policy import render_markdown, render_operations_markdown
 from app.problems import declare_problems, install_problem_handlers
+from app.retention.rules import render_markdown as render_retention_markdown
 from app.runtime import Runtime
 from app.visits.router import router as visits_router
 from app.visits.service import ensure_service_keys
@@ -53,6 +55,18 @@ take a purpose also need a policy row above for it.
 {render_operations_markdown()}
 """
 
+RETENTION_SECTION = f"""
+
+## Retention rules
+
+How long records are kept, counted from what, and why (`app/retention/rules.py`). A record is
+kept until its `retain_until` date (Asia/Tokyo) and is due for disposal from the day after; a
+null `retain_until` means it is kept while its basis lasts (an active contract, a granted
+marketing consent) and is set when that basis ends.
+
+{render_retention_markdown()}
+"""
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
@@ -68,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPIOffline(
         title="shopvault",
         version="0.1.0",
-        description=DESCRIPTION + POLICY_SECTION,
+        description=DESCRIPTION + POLICY_SECTION + RETENTION_SECTION,
         lifespan=lifespan,
     )
     app.state.runtime = runtime
@@ -84,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         contracts_router,
         messages_router,
         audit_router,
+        documents_router,
     ):
         app.include_router(router)
 

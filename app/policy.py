@@ -159,6 +159,10 @@ class Operation(StrEnum):
     READ_MESSAGES = "read_messages"
     REQUEST_PRESENCE_CODE = "request_presence_code"
     WORK_VISITS = "work_visits"
+    LIST_STALE_REPAIRS = "list_stale_repairs"
+    REGISTER_FORMS = "register_forms"
+    READ_FORM_REGISTER = "read_form_register"
+    DISPOSE_FORMS = "dispose_forms"
     ADMINISTER = "administer"
     READ_ACCOUNTS = "read_accounts"
     APPROVE_ACCOUNTS = "approve_accounts"
@@ -253,6 +257,30 @@ OPERATIONS: Mapping[Operation, OperationRule] = {
     ),
     Operation.WORK_VISITS: OperationRule(
         "open, read and change visits of one's own store", None, _STORE_STAFF, None
+    ),
+    Operation.LIST_STALE_REPAIRS: OperationRule(
+        "list one's store's stale repairs (`GET /visits?status=stale`)",
+        Action.READ,
+        frozenset({Role.MANAGER}),
+        None,
+    ),
+    Operation.REGISTER_FORMS: OperationRule(
+        "register a paper form filled in at a visit of one's own store",
+        Action.CREATE,
+        _STORE_STAFF,
+        None,
+    ),
+    Operation.READ_FORM_REGISTER: OperationRule(
+        "read the paper-form register (a manager: own store only; an auditor: any store)",
+        Action.READ,
+        frozenset({Role.MANAGER, Role.AUDITOR}),
+        None,
+    ),
+    Operation.DISPOSE_FORMS: OperationRule(
+        "dispose of a paper form of one's own store",
+        Action.DISPOSE,
+        frozenset({Role.MANAGER}),
+        None,
     ),
     Operation.ADMINISTER: OperationRule(
         "stores, staff and system clients (no customer data)",

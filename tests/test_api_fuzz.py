@@ -175,8 +175,9 @@ class World:
         return str(next(row["id"] for row in clients if row["name"] == cast.BILLING.name))
 
     def real_id(self, parameter: str) -> str | None:
-        """The id of a real row for a path parameter. Visits and contracts are new for each case,
-        so that one case closing or terminating them does not decide the answers to the next."""
+        """The id of a real row for a path parameter. Visits, contracts and forms are new for each
+        case, so that one case closing, terminating or disposing of them does not decide the
+        answers to the next."""
         match parameter:
             case "customer_id":
                 return self.customer.id
@@ -187,11 +188,23 @@ class World:
                     self.client, self.manager, self.customer.id, self.customer.visit_id
                 )
                 return str(contract["id"])
+            case "document_id":
+                return self.form_id()
             case "staff_id":
                 return self.staff_id
             case "client_id":
                 return self.client_id
         return None
+
+    def form_id(self) -> str:
+        """A paper form of the customer, new for each case (a case may dispose of it)."""
+        response = self.client.post(
+            f"/visits/{self.customer.visit_id}/documents",
+            json={"form_type": "other", "storage_location": "cabinet-1"},
+            headers=self.manager,
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
 
     def visit(self, name: str) -> str:
         return self.customer.visit_id if name == "customer" else self.unattached_visit

@@ -35,7 +35,7 @@ def test_existing_chains_are_registered_and_authenticated(
 ) -> None:
     index_key = bytes(range(32))
     keys = AuditKeys.derive(index_key)
-    migrate.upgrade(empty_url, "0003")
+    migrate.upgrade(empty_url, "0009")
     engine = create_sync_engine(empty_url)
     at = utcnow()
     event = {

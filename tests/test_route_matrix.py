@@ -137,6 +137,17 @@ class World:
         contract_id: str = response.json()["id"]
         return contract_id
 
+    def form(self) -> str:
+        """A paper form of the customer, registered at a store visit (S001) by sales."""
+        response = self.client.post(
+            f"/visits/{self.visit_for_customer(Role.SALES)}/documents",
+            json={"form_type": "repair_order", "storage_location": "cabinet-1"},
+            headers=self.headers[Role.SALES],
+        )
+        assert response.status_code == 201, response.text
+        form_id: str = response.json()["id"]
+        return form_id
+
     def staff_id(self) -> str:
         staff = self.client.get("/staff", headers=self.headers[Role.ADMIN]).json()["items"]
         return str(next(s["id"] for s in staff if s["login"] == cast.SALES_OTHER_STORE.login))
@@ -255,6 +266,18 @@ CALLS: dict[tuple[str, str], Call] = {
     ("POST", "/visits/{visit_id}/presence"): Call(
         ids=lambda w: {"visit_id": w.visit_with_customer()},
         body=lambda w, _r: {"presence": presence_of(w.customer_id)},
+    ),
+    ("POST", "/visits/{visit_id}/documents"): Call(
+        ids=lambda w: {"visit_id": w.visit_for_customer(Role.SALES)},
+        body=lambda _w, _r: {"form_type": "identity_copy", "storage_location": "cabinet-2"},
+    ),
+    ("GET", "/documents"): Call(),
+    ("POST", "/documents/{document_id}/dispose"): Call(
+        ids=lambda w: {"document_id": w.form()},
+        body=lambda _w, _r: {
+            "method": "shredded",
+            "reason": "保管期間内だが原本を顧客に返却したため",
+        },
     ),
     ("POST", "/stores"): Call(
         body=lambda _w, _r: {

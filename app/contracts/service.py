@@ -24,6 +24,7 @@ from app.kit.ids import canonical_id, resource_of
 from app.models import Contract
 from app.models.base import new_id, utcnow
 from app.policy import FieldGroup
+from app.retention.service import recompute_form_retention
 from app.runtime import Runtime
 from app.uow import UnitOfWork
 
@@ -81,6 +82,8 @@ async def open_contract(
         store_id=ctx.principal.store_id,
     )
     await repository.add(uow.session, contract)
+    # Retention (paper forms): identity copies and applications are kept while a contract lasts.
+    await recompute_form_retention(uow, opened.id)
     groups = _disclosed(opened)
     record_access(
         uow, ctx, opened, action=Action.CREATE, resource=f"contracts/{contract_id}", fields=groups
@@ -120,6 +123,8 @@ async def terminate_contract(
     contract.ended_on = ended_on
     contract.updated_at = utcnow()
     await repository.flush(uow.session)
+    # Retention (paper forms): the 3 years of identity copies and applications start now.
+    await recompute_form_retention(uow, opened.id)
     groups = _disclosed(opened)
     record_access(
         uow,

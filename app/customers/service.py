@@ -52,6 +52,7 @@ from app.policy import PURPOSES_WHILE_SUSPENDED, FieldGroup
 from app.presence import repository as presence_repository
 from app.presence.proofs import PresenceMethod, new_salt, weak_pin_reason
 from app.presence.service import PresenceRequired
+from app.retention.service import recompute_form_retention
 from app.runtime import Runtime
 from app.uow import UnitOfWork
 from app.validation.email import normalise_email
@@ -324,6 +325,9 @@ async def correct_customer(
     if changed:
         customer.updated_at = utcnow()
     await repository.flush(uow.session)
+    # Retention (paper forms): consent forms are kept while a consent is granted.
+    if any(name.startswith("consents.") for name in changed):
+        await recompute_form_retention(uow, customer.id)
     view = await _view(uow, runtime, opened)
     record_access(
         uow,

@@ -13,7 +13,8 @@ from app.models.identity import RevokedToken, Staff, Store, SystemClient
 from app.models.master_key import MasterKeyRetirement
 from app.models.message import Message, PresenceCode
 from app.models.monitoring import AccessReview, Alert
-from app.models.visit import IdempotentRequest, ServiceKey, Visit
+from app.models.paper_form import PaperForm
+from app.models.visit import IdempotentRequest, RepairStatusChange, ServiceKey, Visit
 
 __all__ = [
     "AccessEvent",
@@ -31,7 +32,9 @@ __all__ = [
     "IdempotentRequest",
     "MasterKeyRetirement",
     "Message",
+    "PaperForm",
     "PresenceCode",
+    "RepairStatusChange",
     "RevokedToken",
     "ServiceKey",
     "Staff",

@@ -63,3 +63,18 @@ class IdempotentRequest(Base):
     fingerprint: Mapped[str] = mapped_column(String(80))
     resource_id: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class RepairStatusChange(Base):
+    """The repair history: each status a repair visit reached, who moved it there and when
+    (``received`` is written when the visit opens). ``changed_by`` is empty only for steps
+    taken before the history was kept."""
+
+    __tablename__ = "repair_status_change"
+    __table_args__ = (Index("ix_repair_status_change_visit_at", "visit_id", "changed_at"),)
+
+    id: Mapped[str] = id_column()
+    visit_id: Mapped[str] = mapped_column(ForeignKey("visit.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    changed_by: Mapped[str | None] = mapped_column(ForeignKey("staff.id"))
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

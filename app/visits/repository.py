@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.repository import visit_is_open
 from app.kit.pagination import PageRequest, newest_first
-from app.models import ServiceKey, Store, Visit
+from app.models import RepairStatusChange, ServiceKey, Staff, Store, Visit
+from app.visits.rules import VisitType
 
 
 async def in_store(
@@ -55,6 +56,41 @@ async def open_in_store(
     )
     statement = newest_first(statement, Visit.opened_at, Visit.id, page)
     return [(v, code) for v, code in (await session.execute(statement)).all()]
+
+
+async def stale_repairs_in_store(
+    session: AsyncSession, store_id: str, changed_before: datetime, page: PageRequest
+) -> Sequence[tuple[Visit, str]]:
+    """The store's open repair visits whose status last changed before ``changed_before``."""
+    statement = (
+        select(Visit, Store.code)
+        .join(Store, Store.id == Visit.store_id)
+        .where(
+            Visit.store_id == store_id,
+            Visit.type == VisitType.REPAIR.value,
+            Visit.closed_at.is_(None),
+            Visit.repair_updated_at < changed_before,
+        )
+    )
+    statement = newest_first(statement, Visit.opened_at, Visit.id, page)
+    return [(v, code) for v, code in (await session.execute(statement)).all()]
+
+
+def add_status_change(session: AsyncSession, change: RepairStatusChange) -> None:
+    session.add(change)
+
+
+async def repair_history(
+    session: AsyncSession, visit_id: str
+) -> Sequence[tuple[str, datetime, str | None]]:
+    """Each status the repair reached: (status, when, the login of who moved it), oldest first."""
+    statement = (
+        select(RepairStatusChange.status, RepairStatusChange.changed_at, Staff.login)
+        .outerjoin(Staff, Staff.id == RepairStatusChange.changed_by)
+        .where(RepairStatusChange.visit_id == visit_id)
+        .order_by(RepairStatusChange.changed_at, RepairStatusChange.id)
+    )
+    return [(status, at, login) for status, at, login in (await session.execute(statement)).all()]
 
 
 async def add(session: AsyncSession, visit: Visit) -> None:

@@ -81,7 +81,8 @@ async def open_visit(
     response_model=VisitList,
     response_model_exclude_unset=True,
     description="Your store's open visits, newest first (a terminal finds its receptions after "
-    "a restart)." + TEXT_NOTE,
+    "a restart). `status=stale` (managers only): the store's repair visits open for more than "
+    "30 days without a status change." + TEXT_NOTE,
 )
 async def list_visits(
     asked: TextAsked,
@@ -89,9 +90,11 @@ async def list_visits(
     runtime: RuntimeDep,
     uow: UnitOfWorkDep,
     page: PageDep,
-    status: Literal["open"] = "open",
+    status: Literal["open", "stale"] = "open",
 ) -> VisitList:
-    return await service.list_open_visits(uow, runtime, principal, page, asked=asked)
+    return await service.list_visits(
+        uow, runtime, principal, page, stale=status == "stale", asked=asked
+    )
 
 
 @router.get(
@@ -99,7 +102,8 @@ async def list_visits(
     response_model=VisitView,
     response_model_exclude_unset=True,
     responses=problem_responses(404),
-    description="One visit of your store." + TEXT_NOTE,
+    description="One visit of your store. With its free text, a repair's `history` too: each "
+    "status it reached, when and by whom." + TEXT_NOTE,
 )
 async def get_visit(
     asked: TextAsked,

@@ -29,6 +29,9 @@ class RepairStatus(StrEnum):
 
 REPAIR_ORDER = list(RepairStatus)
 
+# A repair open this long without a status change shows in the manager's stale list.
+STALE_REPAIR_AFTER = timedelta(days=30)
+
 # The service key that encrypts visit notes and repair symptoms.
 VISIT_NOTES_KEY = "visit-notes"
 

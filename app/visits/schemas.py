@@ -64,13 +64,21 @@ class VisitPatch(Patch):
         return self
 
 
+class RepairStep(BaseModel):
+    status: RepairStatus
+    at: datetime
+    by: str | None  # the login of who moved it there (null: before the history was kept)
+
+
 class RepairOut(BaseModel):
-    """``symptom`` is free text about a person: present only when disclosed (see the route)."""
+    """``symptom`` is free text about a person, and ``history`` goes with it: present only when
+    disclosed (see the route)."""
 
     device_model: str
     symptom: str | None = None
     status: RepairStatus
     updated_at: datetime | None
+    history: list[RepairStep] | None = None
 
 
 class VisitView(BaseModel):

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.access.guard import refuse_role
 from app.audit.events import Action, EventDraft, denied_event
 from app.auth.tokens import Principal
 from app.crypto import FieldCipher
@@ -17,9 +18,17 @@ from app.errors import Conflict, NotFound, PurposeNotAllowed, ValidationFailed, 
 from app.kit.idempotency import idempotent_call
 from app.kit.ids import canonical_id, resource_of
 from app.kit.pagination import Keyset, PageRequest, cut_page
-from app.models import Visit
+from app.models import RepairStatusChange, Visit
 from app.models.base import new_id, utcnow
-from app.policy import WHILE_REPAIR_VISIT_OPEN, FieldGroup, Justification, Purpose, rule_for
+from app.policy import (
+    WHILE_REPAIR_VISIT_OPEN,
+    FieldGroup,
+    Justification,
+    Operation,
+    Purpose,
+    operation_allows,
+    rule_for,
+)
 from app.presence import service as presence_service
 from app.presence.repository import mark_present
 from app.presence.schemas import Presence, PresenceAgain
@@ -27,6 +36,7 @@ from app.runtime import Runtime
 from app.uow import UnitOfWork
 from app.visits import repository
 from app.visits.rules import (
+    STALE_REPAIR_AFTER,
     VISIT_NOTES_KEY,
     RepairStatus,
     VisitType,
@@ -36,7 +46,14 @@ from app.visits.rules import (
     presence_window,
     presence_within,
 )
-from app.visits.schemas import RepairOut, VisitCreate, VisitList, VisitPatch, VisitView
+from app.visits.schemas import (
+    RepairOut,
+    RepairStep,
+    VisitCreate,
+    VisitList,
+    VisitPatch,
+    VisitView,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +188,13 @@ def _store_of(principal: Principal) -> str:
 
 
 def _view(
-    visit: Visit, store_code: str, cipher: FieldCipher | None, now: datetime, *, texts: bool
+    visit: Visit,
+    store_code: str,
+    cipher: FieldCipher | None,
+    now: datetime,
+    *,
+    texts: bool,
+    history: Sequence[RepairStep] | None = None,
 ) -> VisitView:
     def text(column: str) -> str | None:
         blob: bytes | None = getattr(visit, f"{column}_enc")
@@ -188,6 +211,7 @@ def _view(
             status=RepairStatus(visit.repair_status or RepairStatus.RECEIVED),
             updated_at=visit.repair_updated_at,
             **({"symptom": text("repair_symptom") or ""} if texts else {}),
+            **({"history": list(history)} if texts and history is not None else {}),
         )
     return VisitView(
         id=visit.id,
@@ -200,6 +224,26 @@ def _view(
         repair=repair,
         **({"notes": text("notes")} if texts else {}),
     )
+
+
+def _record_repair_step(
+    uow: UnitOfWork, principal: Principal, visit: Visit, status: RepairStatus, now: datetime
+) -> None:
+    visit.repair_status = status.value
+    visit.repair_updated_at = now
+    repository.add_status_change(
+        uow.session,
+        RepairStatusChange(
+            visit_id=visit.id, status=status.value, changed_by=principal.subject, changed_at=now
+        ),
+    )
+
+
+async def _history(uow: UnitOfWork, visit: Visit) -> list[RepairStep]:
+    return [
+        RepairStep(status=RepairStatus(status), at=at, by=login)
+        for status, at, login in await repository.repair_history(uow.session, visit.id)
+    ]
 
 
 async def _attach_customer(
@@ -281,8 +325,6 @@ async def open_visit(
         visit.repair_symptom_enc = cipher.encrypt(
             body.repair.symptom, table="visit", column="repair_symptom", row_id=visit_id
         )
-        visit.repair_status = RepairStatus.RECEIVED.value
-        visit.repair_updated_at = now
     if body.customer_id is not None:
         await _attach_customer(
             uow,
@@ -295,6 +337,9 @@ async def open_visit(
             resource="visits",
         )
     await repository.add(uow.session, visit)
+    if body.repair is not None:
+        # The history's first step; the visit row exists now for it to point at.
+        _record_repair_step(uow, principal, visit, RepairStatus.RECEIVED, now)
     await call.remember(uow.session, visit_id)
     texts = _disclose_texts(uow, runtime, access, [visit], f"visits/{visit_id}", now)
     return _view(visit, principal.store_code or "", cipher, now, texts=visit.id in texts)
@@ -342,23 +387,37 @@ async def get_visit(
                 customer_ids=(visit.customer_id,) if visit.customer_id else (),
             ),
         )
-    return _view(visit, code, await notes_cipher(uow, runtime), now, texts=visit.id in texts)
+    shown = visit.id in texts
+    history = await _history(uow, visit) if shown and visit.type == VisitType.REPAIR else None
+    cipher = await notes_cipher(uow, runtime)
+    return _view(visit, code, cipher, now, texts=shown, history=history)
 
 
-async def list_open_visits(
+async def list_visits(
     uow: UnitOfWork,
     runtime: Runtime,
     principal: Principal,
     page: PageRequest,
     *,
+    stale: bool = False,
     asked: TextRequest | None = None,
+    now: datetime | None = None,
 ) -> VisitList:
+    """The store's open visits; ``stale``: its repairs open for more than 30 days without a
+    status change (managers only: anyone else gets a recorded ``403``)."""
     store_id = _store_of(principal)
+    if stale and operation_allows(principal.role, None, Operation.LIST_STALE_REPAIRS) is None:
+        raise refuse_role(principal, action=Action.READ, resource="visits")
     access = admit_text(principal, asked, "visits")
     await uow.verify_principal()
-    now = utcnow()
+    now = now or utcnow()
     await repository.close_expired(uow.session, store_id, now)
-    rows = await repository.open_in_store(uow.session, store_id, now, page)
+    if stale:
+        rows = await repository.stale_repairs_in_store(
+            uow.session, store_id, now - STALE_REPAIR_AFTER, page
+        )
+    else:
+        rows = await repository.open_in_store(uow.session, store_id, now, page)
     shown, next_cursor = cut_page(rows, page, lambda row: Keyset(row[0].opened_at, row[0].id))
     texts = _disclose_texts(uow, runtime, access, [v for v, _ in shown], "visits", now)
     cipher = await notes_cipher(uow, runtime)
@@ -410,8 +469,7 @@ async def update_visit(
         current = RepairStatus(visit.repair_status or RepairStatus.RECEIVED)
         if not may_advance(current, patch.repair.status):
             raise Conflict("The repair status only moves forward.")
-        visit.repair_status = patch.repair.status.value
-        visit.repair_updated_at = now
+        _record_repair_step(uow, principal, visit, patch.repair.status, now)
         if patch.repair.status is RepairStatus.RETURNED:
             visit.closed_at = now
     await repository.flush(uow.session)
