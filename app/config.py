@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     sms_gateway_url: str | None = None
     sms_gateway_token: SecretStr | None = None
     message_daily_cap: int = Field(default=3, ge=0)
+    # The compliance mailbox told of each new alert (rule, store, role, count; no customer data).
+    alert_email: str | None = None
 
     # The access log's checkpoints, appended outside the database (see docs/audit-chain.md).
     audit_checkpoint_file: Path | None = None

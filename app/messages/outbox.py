@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from app.crypto import DecryptionError, FieldCipher, KeyScope
 from app.messages import repository
+from app.messages.alert_mail import notify_alerts
 from app.messages.delivery import (
     DeliveryFailed,
     MailBackend,
@@ -127,6 +128,9 @@ class Worker:
 
     async def run_once(self, now: datetime | None = None) -> int:
         """Deliver every message due at ``now`` (default: the clock); the number handled."""
+        to = self.runtime.settings.alert_email
+        if to:
+            await notify_alerts(self.runtime.sessions, self.mail, to, now or self.clock())
         handled = 0
         while not self.stopping:
             at = now or self.clock()

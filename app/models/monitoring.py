@@ -47,6 +47,8 @@ class Alert(Base):
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     resolved_by: Mapped[str | None] = mapped_column(String(64))
     note: Mapped[str | None] = mapped_column(Text)
+    # When the worker told the compliance mailbox (SHOPVAULT_ALERT_EMAIL) that it opened.
+    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class AccessReview(Base):
