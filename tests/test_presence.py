@@ -423,3 +423,23 @@ def test_proving_presence_again_needs_a_proof(
         f"/visits/{empty}/presence", json={"presence": _pin("4826")}, headers=technician
     )
     assert no_customer.status_code == 409
+
+
+def test_locks_hold_across_processes_sharing_redis(
+    make_settings: SettingsFactory, redis_settings: dict[str, str]
+) -> None:
+    """Two API processes (two apps, each its own runtime) behind one load balancer: failures
+    counted by one lock the customer's PIN in the other."""
+    settings = make_settings(**redis_settings)
+    with (
+        TestClient(create_app_with(settings)) as first,
+        TestClient(create_app_with(settings)) as second,
+    ):
+        sales_first, sales_second = login(first, cast.SALES), login(second, cast.SALES)
+        registered = register_customer(first, sales_first, seed=906)
+        cid = registered.id
+        for n in range(5):
+            client, headers = (first, sales_first) if n % 2 else (second, sales_second)
+            _refused(_attach(client, headers, cid, _wrong_pin(cid)), "presence-not-proven")
+        _refused(_attach(first, sales_first, cid, _pin(KNOWN_PINS[cid])), "presence-locked")
+        _refused(_attach(second, sales_second, cid, _pin(KNOWN_PINS[cid])), "presence-locked")
