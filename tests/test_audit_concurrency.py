@@ -141,7 +141,8 @@ def test_concurrent_processes_keep_every_chain_whole(
     with db.connect() as connection:
         events = connection.execute(text("SELECT count(*) FROM access_event")).scalar_one()
         chains = connection.execute(text("SELECT count(*) FROM audit_chain")).scalar_one()
-    assert result["checked"] == events >= REQUESTS
+    # Every answer has its event, except 429s: a window's refusals are one summary event.
+    assert result["checked"] == events >= len([s for s in statuses if s != 429])
     assert chains > PROCESSES  # each process wrote on chains of its own
     # The processes' checkpoints (periodic, and at shutdown) all link into one file.
     lines = checkpoint_lines(settings)
