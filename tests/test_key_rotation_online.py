@@ -33,7 +33,7 @@ from tests.conftest import login
 from tests.world import Registered, purpose, register_customer
 
 SHOPVAULT = Path(sys.executable).parent / "shopvault"
-SEED_CUSTOMERS = 40
+SEED_CUSTOMERS = 20
 
 
 @contextmanager
