@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, ClassVar, Generic, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, model_validator
+from pydantic import BaseModel, Field, StrictBool, StringConstraints, model_validator
 
+from app.kit.schemas import Patch, Strict
 from app.roles import Role
 
 StoreCode = Annotated[
@@ -26,31 +27,10 @@ StaffRole = Literal[Role.SALES, Role.TECHNICIAN, Role.MANAGER, Role.ADMIN]
 ClientRole = Literal[Role.BILLING_SYSTEM, Role.FRAUD_SYSTEM]
 
 
-class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Patch(Body):
-    """A partial update: absent fields stay as they are; at least one field must be sent."""
-
-    # Fields that may be sent as ``null`` on purpose (everything else needs a value).
-    nullable: ClassVar[frozenset[str]] = frozenset()
-
-    @model_validator(mode="after")
-    def _not_empty_no_stray_nulls(self) -> Self:
-        sent = self.model_fields_set
-        if not sent:
-            raise ValueError("send at least one field")
-        for name in sent - self.nullable:
-            if getattr(self, name) is None:
-                raise ValueError(f"{name} may not be null")
-        return self
-
-
 # --- stores -------------------------------------------------------------------------------------
 
 
-class OpeningHours(Body):
+class OpeningHours(Strict):
     """Local time in Asia/Tokyo, the same every day; `open` is before `close`."""
 
     open: ClockTime = Field(examples=["10:00"])
@@ -64,7 +44,7 @@ class OpeningHours(Body):
         return self
 
 
-class StoreCreate(Body):
+class StoreCreate(Strict):
     code: StoreCode = Field(examples=["S003"])
     name: DisplayText
     opening_hours: OpeningHours
@@ -88,7 +68,7 @@ PENDING_DESCRIPTION = (
 )
 
 
-class StaffCreate(Body):
+class StaffCreate(Strict):
     """A new member waits for an auditor's approval, and the password is temporary: it must be
     replaced at the first login, and ends 72 hours after it was set."""
 
@@ -134,7 +114,7 @@ class StaffOut(BaseModel):
 # --- system clients -----------------------------------------------------------------------------
 
 
-class ClientCreate(Body):
+class ClientCreate(Strict):
     name: ClientName
     role: ClientRole
     active: StrictBool = True

@@ -8,11 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.kit.schemas import Strict
 from app.validation.fields import Notes
-
-
-class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class AccessEventOut(BaseModel):
@@ -81,11 +78,11 @@ class AlertPage(BaseModel):
     next: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
 
 
-class AlertResolve(Body):
+class AlertResolve(Strict):
     note: Notes = Field(min_length=1, examples=["店長に確認済み。棚卸し作業のための閲覧。"])
 
 
-class ReviewCreate(Body):
+class ReviewCreate(Strict):
     decision: Literal["ok", "escalate"]
     note: Notes = Field(min_length=1, examples=["電話での住所変更依頼に対応した記録を確認。"])
 

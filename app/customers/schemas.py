@@ -4,7 +4,7 @@ the policy disclosed (fields of other groups are absent, not null)."""
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
 
@@ -79,6 +79,8 @@ class ConsentsPatch(Strict):
 class CustomerPatch(Patch):
     """A correction: only the fields sent change; the access event names them, never values."""
 
+    nullable: ClassVar[frozenset[str]] = frozenset({"email"})  # only email may be removed
+
     name: PersonName | None = None
     name_kana: Kana | None = None
     date_of_birth: BirthDate | None = None
@@ -92,14 +94,6 @@ class CustomerPatch(Patch):
         description="A new PIN: only with X-Visit-Id of a visit where the customer proved "
         "presence (or a manager attached them with a reason).",
     )
-
-    @model_validator(mode="after")
-    def _only_email_removable(self) -> CustomerPatch:
-        required = {"name", "name_kana", "date_of_birth", "postal_code", "address", "phone", "pin"}
-        for name in required & self.model_fields_set:
-            if getattr(self, name) is None:
-                raise ValueError("only email may be removed")
-        return self
 
 
 class IdentityDocumentOut(BaseModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -16,8 +16,15 @@ class Strict(BaseModel):
 class Patch(Strict):
     """A partial update: only the fields sent change, and at least one must be sent."""
 
+    # Fields that may be sent as ``null`` on purpose, to clear them (any other needs a value).
+    nullable: ClassVar[frozenset[str]] = frozenset()
+
     @model_validator(mode="after")
-    def _something(self) -> Self:
-        if not self.model_fields_set:
+    def _not_empty_no_stray_nulls(self) -> Self:
+        sent = self.model_fields_set
+        if not sent:
             raise ValueError("send at least one field to change")
+        for name in sent - self.nullable:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} may not be null")
         return self

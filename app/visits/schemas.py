@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
 
@@ -52,6 +52,8 @@ class RepairPatch(Strict):
 
 
 class VisitPatch(Patch):
+    nullable: ClassVar[frozenset[str]] = frozenset({"notes"})  # null clears the notes
+
     customer_id: CustomerId | None = None
     presence: Presence | None = None
     notes: Notes | None = None
