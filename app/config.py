@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     sms_gateway_url: str | None = None
     sms_gateway_token: SecretStr | None = None
     message_daily_cap: int = Field(default=3, ge=0)
+    # A customer's request (APPI) is due this many days after it was received.
+    subject_request_due_days: int = Field(default=14, ge=1, le=365)
 
     # The access log's checkpoints, appended outside the database (see docs/audit-chain.md).
     audit_checkpoint_file: Path | None = None

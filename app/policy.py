@@ -403,6 +403,9 @@ def request_kinds_covering(operation: Operation) -> tuple[str, ...]:
     )
 
 
+# The customer's own export discloses every group, the full document number included.
+EXPORT_GROUPS = frozenset(FieldGroup)
+
 # After erasure the identity-verification record is kept while the law requires it, usable only
 # for these (role, purpose) reads, and only its own groups.
 READ_AFTER_ERASURE = frozenset(

@@ -131,7 +131,9 @@ def permit(
         elif visit_justifies:
             detail = "This access needs X-Visit-Id of an open visit, or X-Access-Reason."
         else:
-            detail = "This access needs X-Access-Reason, or X-Subject-Request-Id of an open request."
+            detail = (
+                "This access needs X-Access-Reason, or X-Subject-Request-Id of an open request."
+            )
         raise denied(
             ctx,
             ReasonRequired,

@@ -39,8 +39,8 @@ __all__ = [
     "RevokedToken",
     "ServiceKey",
     "Staff",
-    "SubjectRequest",
     "Store",
+    "SubjectRequest",
     "SystemClient",
     "Visit",
 ]
