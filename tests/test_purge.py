@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from app.audit.chain import AuditKeys
 from app.audit.integrity import AuditIntegrity
-from app.audit.pruning import prune_events
+from app.audit.pruning import PruneRefused, prune_events
 from app.config import Settings
 from app.keys import load_keys
 from app.models import AccessEvent, Contract, Customer, CustomerKey, Message, Visit
@@ -306,3 +307,37 @@ def test_pruning_whole_prefixes_leaves_a_signed_anchor_verification_starts_from(
     assert code == 1
     assert problem_names(result) & {"seq-gap", "hash-mismatch"}
     assert uuid.UUID(ids[0])
+
+
+def test_only_the_owner_prunes_access_events(
+    backend: str,
+    client: TestClient,
+    as_member: Callable[..., Headers],
+    db: Engine,
+    settings: Settings,
+    database_url: str,
+) -> None:
+    if backend != "postgres":
+        pytest.skip("roles are PostgreSQL's (on SQLite whoever writes the file owns it)")
+    register_customer(client, as_member(cast.SALES), seed=440)
+    drain(client)
+    role = f"sv_app_{uuid.uuid4().hex[:10]}"
+    with db.begin() as connection:
+        connection.execute(text(f"CREATE ROLE {role} LOGIN"))
+        connection.execute(text(f"GRANT USAGE ON SCHEMA public TO {role}"))
+        connection.execute(
+            text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+        )
+    app_url = make_url(database_url).set(username=role).render_as_string(hide_password=False)
+    events = _count(db, AccessEvent)
+    integrity = AuditIntegrity(settings, AuditKeys.derive(load_keys(settings).index))
+    try:
+        with pytest.raises(PruneRefused, match="owner"):
+            prune_events(app_url, integrity, cutoff=datetime.now(UTC), dry_run=False)
+        assert _count(db, AccessEvent) == events
+        assert not [line for line in checkpoint_lines(settings) if line["kind"] == "prune"]
+    finally:
+        integrity.dispose()
+        with db.begin() as connection:
+            connection.execute(text(f"DROP OWNED BY {role}"))
+            connection.execute(text(f"DROP ROLE {role}"))

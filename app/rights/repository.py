@@ -4,7 +4,7 @@ export, their state, and the rows and keys erasure removes."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -79,7 +79,12 @@ async def contract_ends(
 
 
 async def destroy_profile(
-    session: AsyncSession, customer_id: str, *, rule: str, identity_until: date | None, now: object
+    session: AsyncSession,
+    customer_id: str,
+    *,
+    rule: str,
+    identity_until: date | None,
+    now: datetime,
 ) -> None:
     """Everything but the identity-verification record: the profile key (its ciphertexts,
     messages included, are unreadable from now on, in every copy), the rows that hang off the
