@@ -453,6 +453,8 @@ def render_operations_markdown() -> str:
             purposes = ", ".join(sorted(p.value for p in op.purposes))
         if op.requires:
             purposes += " (row must give " + ", ".join(sorted(op.requires)) + ")"
+        if not op.visit_justifies:
+            purposes += " (a reason or a customer request; a visit is not enough)"
         lines.append(
             f"| {operation.value}: {op.summary} | " + " | ".join(cells) + f" | {purposes} |"
         )
