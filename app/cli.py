@@ -1,5 +1,5 @@
 """The ``shopvault`` command: ``migrate``, ``create-admin``, ``create-auditor``, ``serve``,
-``demo``, ``worker``, ``keys rotate``, ``audit verify|export``, ``purge --dry-run``.
+``demo``, ``worker``, ``keys rotate``, ``audit verify|export``, ``purge [--dry-run]``.
 
 Writes go through the same code paths as the API: the request engine from ``Runtime``, one
 ``UnitOfWork`` per command, and an ``admin`` access event by the ``cli`` actor committed together
@@ -561,25 +561,90 @@ def audit_export_command(args: argparse.Namespace, settings: Settings) -> int:
 # --- purge --------------------------------------------------------------------------------------
 
 
+def _progress_bar() -> Callable[[str, int, int], None]:
+    """A bar on a terminal; plain log lines otherwise (cron, containers)."""
+    if not sys.stderr.isatty():
+
+        def log_line(what: str, done: int, total: int) -> None:
+            if done == total:
+                log.info("purge step done", extra={"step": what, "count": total})
+
+        return log_line
+
+    def draw(what: str, done: int, total: int) -> None:
+        width = 30
+        filled = width * done // max(total, 1)
+        end = "\n" if done == total else ""
+        bar = "#" * filled + "." * (width - filled)
+        print(f"\r{what:<17} [{bar}] {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+    return draw
+
+
 def purge_command(args: argparse.Namespace, settings: Settings) -> int:
-    """``--dry-run`` lists the paper forms due for disposal, per store, oldest first."""
+    """Disposal by the retention rules; ``--dry-run`` says what would go and changes nothing."""
+    from app.audit.chain import AuditKeys
+    from app.audit.integrity import AuditIntegrity
+    from app.audit.pruning import PruneRefused, prune_events
     from app.documents.service import StoreDue, due_by_store
+    from app.models.base import utcnow
+    from app.retention.purge import PurgeOutcome, cutoff, purge, purge_lock
+    from app.retention.rules import ACCESS_EVENT_RULE
     from app.retention.service import date_in_japan
 
-    if not args.dry_run:
-        raise CommandRefused(
-            "purge without --dry-run is not available yet; nothing was changed. "
-            "`shopvault purge --dry-run` lists the paper forms due for disposal"
-        )
+    dry_run: bool = args.dry_run
+    with purge_lock(settings.resolved_database_url) as held:
+        if not held:
+            print("shopvault: another purge is running; nothing was done.")
+            return 0
+        now = utcnow()
 
-    async def work(uow: UnitOfWork, _runtime: Runtime) -> tuple[date, list[StoreDue]]:
-        return await due_by_store(uow)
+        async def work(runtime: Runtime, transact: Transactions) -> PurgeOutcome:
+            return await purge(
+                transact, CLI_ACTOR, now=now, dry_run=dry_run, progress=_progress_bar()
+            )
 
-    today, stores = in_unit_of_work(settings, work)
+        outcome = with_runtime(settings, work)
+        integrity = AuditIntegrity(settings, AuditKeys.derive(load_keys(settings).index))
+        refused: str | None = None
+        try:
+            pruned = prune_events(
+                settings.resolved_migration_database_url,
+                integrity,
+                cutoff=cutoff(outcome.today, ACCESS_EVENT_RULE.years),
+                dry_run=dry_run,
+            )
+        except PruneRefused as exc:
+            refused, pruned = str(exc), None
+        finally:
+            integrity.dispose()
+
+        async def forms(uow: UnitOfWork, _runtime: Runtime) -> tuple[date, list[StoreDue]]:
+            return await due_by_store(uow, now=now)
+
+        today, stores = in_unit_of_work(settings, forms)
+
+    verb = "would be" if dry_run else "were"
+    print(f"shopvault purge on {today.isoformat()} (Asia/Tokyo){' — dry run' if dry_run else ''}:")
+    print(f"  customers {verb} erased (customer.personal_data): {len(outcome.customers)}")
+    for customer_id in outcome.customers:
+        print(f"    customer {customer_id}")
     print(
-        f"Paper forms due for disposal on {today.isoformat()} (Asia/Tokyo), oldest first. "
-        "Dry run: nothing was changed."
+        f"  identity records {verb} disposed of (customer.identity_record): "
+        f"{len(outcome.identity_records)}"
     )
+    for customer_id in outcome.identity_records:
+        print(f"    customer {customer_id}")
+    print(f"  visit notes {verb} cleared (visit.notes): {outcome.visit_notes}")
+    print(f"  messages {verb} deleted (message): {outcome.messages}")
+    if pruned is not None:
+        print(
+            f"  access events {verb} pruned (access_event): {pruned.events} "
+            f"in {len(pruned.chains)} chains"
+        )
+    else:
+        print(f"  access events not pruned: {refused}")
+    print(f"Paper forms due for disposal on {today.isoformat()} (Asia/Tokyo), oldest first.")
     for store in stores:
         print(f"{store.code} {store.name}: {len(store.forms)} due")
         for form in store.forms:
@@ -589,7 +654,9 @@ def purge_command(args: argparse.Namespace, settings: Settings) -> int:
                 f"  {form.form_type.value:<13}  at {form.storage_location}"
                 f"  customer {form.customer_id}  form {form.id}"
             )
-    return 0
+    if dry_run:
+        print("Dry run: nothing was changed.")
+    return EXIT_REFUSED if refused is not None else 0
 
 
 # --- the command line ---------------------------------------------------------------------------
@@ -703,12 +770,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(handler=audit_export_command)
     purge = commands.add_parser(
-        "purge", help="disposal by retention rules (for now: --dry-run lists the forms due)"
+        "purge",
+        help="disposal by the retention rules: erase customers, clear notes, delete messages, "
+        "prune old access events (as the owner), list the paper forms due",
     )
     purge.add_argument(
         "--dry-run",
         action="store_true",
-        help="list the paper forms due for disposal, per store, oldest first; change nothing",
+        help="say what would be disposed of, and list the paper forms due; change nothing",
     )
     purge.set_defaults(handler=purge_command)
     return parser

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     message_daily_cap: int = Field(default=3, ge=0)
     # The compliance mailbox told of each new alert (rule, store, role, count; no customer data).
     alert_email: str | None = None
+    # A customer's request (APPI) is due this many days after it was received.
+    subject_request_due_days: int = Field(default=14, ge=1, le=365)
 
     # The access log's checkpoints, appended outside the database (see docs/audit-chain.md).
     audit_checkpoint_file: Path | None = None

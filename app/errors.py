@@ -91,6 +91,14 @@ class ReasonRequired(Forbidden):
     default_detail = "This access needs X-Access-Reason."
 
 
+class SubjectRequestRequired(Forbidden):
+    slug, title = "subject-request-required", "Open customer request required"
+    default_detail = (
+        "X-Subject-Request-Id must name an open request of this customer at your store whose "
+        "kind covers this operation."
+    )
+
+
 class PasswordChangeRequired(Forbidden):
     slug, title = "password-change-required", "Password change required"
     default_detail = (

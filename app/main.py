@@ -23,7 +23,9 @@ from app.ops.router import router as ops_router
 from app.policy import render_markdown, render_operations_markdown
 from app.problems import declare_problems, install_problem_handlers
 from app.retention.rules import render_markdown as render_retention_markdown
+from app.rights.router import router as rights_router
 from app.runtime import Runtime
+from app.subject_requests.router import router as subject_requests_router
 from app.visits.router import router as visits_router
 from app.visits.service import ensure_service_keys
 
@@ -99,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         messages_router,
         audit_router,
         documents_router,
+        subject_requests_router,
+        rights_router,
     ):
         app.include_router(router)
 

@@ -170,6 +170,13 @@ class Operation(StrEnum):
     HANDLE_ALERTS = "handle_alerts"
     REVIEW_ACCESSES = "review_accesses"
     READ_ACCESS_REPORT = "read_access_report"
+    REGISTER_SUBJECT_REQUEST = "register_subject_request"
+    READ_SUBJECT_REQUESTS = "read_subject_requests"
+    CLOSE_SUBJECT_REQUEST = "close_subject_request"
+    EXPORT_CUSTOMER = "export_customer"
+    SUSPEND_USE = "suspend_use"
+    RESUME_USE = "resume_use"
+    ERASE_CUSTOMER = "erase_customer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,11 +196,16 @@ class OperationRule:
     # False where the row's visit or reason is not asked for (search: how a visit finds its
     # customer, which answers masked names only).
     justified: bool = True
+    # False where a visit does not justify it: a reason or a customer request must (the
+    # customer's export and erasure).
+    visit_justifies: bool = True
 
 
 ANY_PURPOSE = frozenset(Purpose)
 _STORE_STAFF = frozenset({Role.SALES, Role.TECHNICIAN, Role.MANAGER})
 _EVERY_ROLE = frozenset(Role)
+_MANAGERS = frozenset({Role.MANAGER})
+_SUBJECT_REQUEST = frozenset({Purpose.SUBJECT_REQUEST})
 
 OPERATIONS: Mapping[Operation, OperationRule] = {
     Operation.READ_CUSTOMER: OperationRule(
@@ -319,7 +331,89 @@ OPERATIONS: Mapping[Operation, OperationRule] = {
         _EVERY_ROLE,
         frozenset({Purpose.SUBJECT_REQUEST}),
     ),
+    # Customers' requests (APPI): the register holds ids, kinds and dates, no personal data.
+    Operation.REGISTER_SUBJECT_REQUEST: OperationRule(
+        "register a customer's request (a visit with proof of presence, or a reason)",
+        Action.CREATE,
+        _MANAGERS,
+        _SUBJECT_REQUEST,
+    ),
+    Operation.READ_SUBJECT_REQUESTS: OperationRule(
+        "list customers' requests (a manager: own store; an auditor: all)",
+        Action.READ,
+        _MANAGERS | {Role.AUDITOR},
+        frozenset({Purpose.SUBJECT_REQUEST, Purpose.AUDIT}),
+        justified=False,
+    ),
+    Operation.CLOSE_SUBJECT_REQUEST: OperationRule(
+        "close a customer's request of one's own store with its outcome",
+        Action.UPDATE,
+        _MANAGERS,
+        _SUBJECT_REQUEST,
+        justified=False,
+    ),
+    Operation.EXPORT_CUSTOMER: OperationRule(
+        "export everything held on a customer (a reason or an open disclosure request)",
+        Action.EXPORT,
+        _MANAGERS,
+        _SUBJECT_REQUEST,
+        visit_justifies=False,
+    ),
+    Operation.SUSPEND_USE: OperationRule(
+        "suspend the use of a customer's data", Action.UPDATE, _MANAGERS, _SUBJECT_REQUEST
+    ),
+    Operation.RESUME_USE: OperationRule(
+        "resume the use of a customer's data", Action.UPDATE, _MANAGERS, _SUBJECT_REQUEST
+    ),
+    Operation.ERASE_CUSTOMER: OperationRule(
+        "erase a customer on request (a reason or an open deletion request)",
+        Action.DELETE,
+        _MANAGERS,
+        _SUBJECT_REQUEST,
+        visit_justifies=False,
+    ),
 }
+
+
+class SubjectRequestKind(StrEnum):
+    DISCLOSURE = "disclosure"
+    CORRECTION = "correction"
+    SUSPENSION = "suspension"
+    DELETION = "deletion"
+    ACCESS_LOG = "access_log"
+
+
+# What an open customer request justifies (``X-Subject-Request-Id``, a manager's
+# ``subject_request`` access at the request's store): only the operations its kind needs.
+SUBJECT_REQUEST_COVERS: Mapping[SubjectRequestKind, frozenset[Operation]] = {
+    SubjectRequestKind.DISCLOSURE: frozenset(
+        {Operation.EXPORT_CUSTOMER, Operation.READ_CUSTOMER, Operation.READ_MESSAGES}
+    ),
+    SubjectRequestKind.ACCESS_LOG: frozenset({Operation.READ_ACCESS_REPORT}),
+    SubjectRequestKind.CORRECTION: frozenset({Operation.CORRECT_CUSTOMER}),
+    SubjectRequestKind.SUSPENSION: frozenset({Operation.SUSPEND_USE, Operation.RESUME_USE}),
+    SubjectRequestKind.DELETION: frozenset({Operation.ERASE_CUSTOMER}),
+}
+
+
+def request_kinds_covering(operation: Operation) -> tuple[str, ...]:
+    """The kinds of customer request that justify ``operation`` (sorted; none: no request)."""
+    return tuple(
+        sorted(kind.value for kind, ops in SUBJECT_REQUEST_COVERS.items() if operation in ops)
+    )
+
+
+# The customer's own export discloses every group, the full document number included.
+EXPORT_GROUPS = frozenset(FieldGroup)
+
+# After erasure the identity-verification record is kept while the law requires it, usable only
+# for these (role, purpose) reads, and only its own groups.
+READ_AFTER_ERASURE = frozenset(
+    {(Role.FRAUD_SYSTEM, Purpose.FRAUD_PREVENTION), (Role.AUDITOR, Purpose.AUDIT)}
+)
+RETAINED_AFTER_ERASURE = frozenset(
+    {G.NAME, G.ADDRESS, G.BIRTH_DATE, G.IDENTITY_DOCUMENT, G.DOCUMENT_NUMBER}
+)
 
 
 def operation_allows(role: Role, purpose: Purpose | None, operation: Operation) -> Rule | None:
@@ -359,6 +453,8 @@ def render_operations_markdown() -> str:
             purposes = ", ".join(sorted(p.value for p in op.purposes))
         if op.requires:
             purposes += " (row must give " + ", ".join(sorted(op.requires)) + ")"
+        if not op.visit_justifies:
+            purposes += " (a reason or a customer request; a visit is not enough)"
         lines.append(
             f"| {operation.value}: {op.summary} | " + " | ".join(cells) + f" | {purposes} |"
         )

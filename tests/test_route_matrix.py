@@ -170,6 +170,27 @@ class World:
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
 
+    def fresh_customer(self) -> str:
+        """A customer of its own, for calls that change its state (suspend, erase)."""
+        return register_customer(self.client, self.headers[Role.SALES]).id
+
+    def suspended_customer(self) -> str:
+        customer_id = self.fresh_customer()
+        manager = purpose(self.headers[Role.MANAGER], "subject_request", reason=REASON)
+        response = self.client.post(f"/customers/{customer_id}/suspend", headers=manager)
+        assert response.status_code == 200, response.text
+        return customer_id
+
+    def open_request(self) -> str:
+        manager = purpose(self.headers[Role.MANAGER], "subject_request", reason=REASON)
+        response = self.client.post(
+            f"/customers/{self.customer_id}/subject-requests",
+            json={"kind": "disclosure", "channel": "store", "identity_check": "pin"},
+            headers=manager,
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
     def message(self) -> str:
         sales = self.headers[Role.SALES]
         response = self.client.post(
@@ -256,6 +277,23 @@ CALLS: dict[tuple[str, str], Call] = {
     ("GET", "/customers/{customer_id}/access-report"): Call(
         ids=lambda w: {"customer_id": w.customer_id}
     ),
+    ("POST", "/customers/{customer_id}/subject-requests"): Call(
+        ids=lambda w: {"customer_id": w.customer_id},
+        body=lambda _w, _r: {"kind": "access_log", "channel": "mail", "identity_check": "pin"},
+    ),
+    ("GET", "/subject-requests"): Call(),
+    ("POST", "/subject-requests/{request_id}/close"): Call(
+        ids=lambda w: {"request_id": w.open_request()},
+        body=lambda _w, _r: {"outcome": "fulfilled"},
+    ),
+    ("GET", "/customers/{customer_id}/export"): Call(ids=lambda w: {"customer_id": w.customer_id}),
+    ("POST", "/customers/{customer_id}/suspend"): Call(
+        ids=lambda w: {"customer_id": w.fresh_customer()}
+    ),
+    ("POST", "/customers/{customer_id}/resume"): Call(
+        ids=lambda w: {"customer_id": w.suspended_customer()}
+    ),
+    ("DELETE", "/customers/{customer_id}"): Call(ids=lambda w: {"customer_id": w.fresh_customer()}),
     ("POST", "/visits"): Call(body=lambda _w, _r: {"type": "inquiry"}),
     ("GET", "/visits"): Call(),
     ("GET", "/visits/{visit_id}"): Call(ids=lambda w: {"visit_id": w.store_visit()}),

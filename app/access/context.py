@@ -33,6 +33,8 @@ class AccessContext:
     purpose: Purpose
     reason: str | None
     visit_id: str | None
+    # An open customer request that justifies a manager's subject_request access.
+    subject_request_id: str | None = None
 
     @property
     def actor(self) -> Actor:
@@ -82,6 +84,15 @@ def parse_visit_id(value: str | None) -> str | None:
         raise BadHeader("X-Visit-Id must be a visit id.") from None
 
 
+def parse_subject_request_id(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        raise BadHeader("X-Subject-Request-Id must be a customer request id.") from None
+
+
 PURPOSE_HEADER = Header(
     alias="X-Access-Purpose",
     description="Why you access personal data: " + ", ".join(f"`{p.value}`" for p in Purpose),
@@ -95,4 +106,9 @@ REASON_HEADER = Header(
 VISIT_HEADER = Header(
     alias="X-Visit-Id",
     description="The id of an open visit at your store that justifies the access.",
+)
+SUBJECT_REQUEST_HEADER = Header(
+    alias="X-Subject-Request-Id",
+    description="The id of an open customer request at your store that justifies a manager's "
+    "`subject_request` access (instead of a visit or a reason), for what its kind covers.",
 )

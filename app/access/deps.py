@@ -19,10 +19,12 @@ from fastapi.params import Depends as DependsParam
 from app.access.context import (
     PURPOSE_HEADER,
     REASON_HEADER,
+    SUBJECT_REQUEST_HEADER,
     VISIT_HEADER,
     AccessContext,
     parse_purpose,
     parse_reason,
+    parse_subject_request_id,
     parse_visit_id,
 )
 from app.access.guard import permit, refuse_role
@@ -75,6 +77,7 @@ def access_to(operation: Operation) -> Callable[..., Coroutine[Any, Any, AccessC
         purpose: Annotated[str | None, PURPOSE_HEADER] = None,
         reason: Annotated[str | None, REASON_HEADER] = None,
         visit: Annotated[str | None, VISIT_HEADER] = None,
+        subject_request: Annotated[str | None, SUBJECT_REQUEST_HEADER] = None,
     ) -> AccessContext:
         # One dependency level for the token and the headers: this runs on every access.
         ctx = AccessContext(
@@ -83,6 +86,7 @@ def access_to(operation: Operation) -> Callable[..., Coroutine[Any, Any, AccessC
             purpose=parse_purpose(purpose),
             reason=parse_reason(reason),
             visit_id=parse_visit_id(visit),
+            subject_request_id=parse_subject_request_id(subject_request),
         )
         permit(
             ctx,
@@ -159,6 +163,7 @@ async def admission_refusal(request: Request) -> Problem | None:
                     request.headers.get("x-access-purpose"),
                     request.headers.get("x-access-reason"),
                     request.headers.get("x-visit-id"),
+                    request.headers.get("x-subject-request-id"),
                 )
         except Problem as refusal:
             try:

@@ -8,8 +8,21 @@ from dataclasses import dataclass
 from app.access.context import AccessContext
 from app.audit.events import Action, denied_event
 from app.auth.tokens import Principal
-from app.errors import Forbidden, PurposeNotAllowed, ReasonRequired, VisitRequired
-from app.policy import OPERATIONS, FieldGroup, Justification, Rule, operation_allows
+from app.errors import (
+    Forbidden,
+    PurposeNotAllowed,
+    ReasonRequired,
+    SubjectRequestRequired,
+    VisitRequired,
+)
+from app.policy import (
+    OPERATIONS,
+    FieldGroup,
+    Justification,
+    Purpose,
+    Rule,
+    operation_allows,
+)
 
 
 def denied(
@@ -32,6 +45,7 @@ def denied(
             purpose=ctx.purpose.value,
             reason=ctx.reason,
             customer_ids=customer_ids,
+            subject_request_id=ctx.subject_request_id,
         ),
     )
 
@@ -49,10 +63,22 @@ class Justified:
     visit_id: str | None
     repair_visit_only: bool
     review_required: bool
+    # The open customer request that justifies it instead (checked in the same query).
+    subject_request_id: str | None = None
 
     @property
     def groups(self) -> frozenset[FieldGroup]:
         return self.rule.groups
+
+    def narrowed(self, groups: frozenset[FieldGroup]) -> Justified:
+        """The same justification, disclosing only ``groups`` of the row's."""
+        return Justified(
+            Rule(self.rule.groups & groups, self.rule.justification),
+            self.visit_id,
+            self.repair_visit_only,
+            self.review_required,
+            self.subject_request_id,
+        )
 
 
 def permit(
@@ -69,8 +95,22 @@ def permit(
             ctx, PurposeNotAllowed, action=action, resource=resource, customer_ids=customer_ids
         )
     needs = rule.justification
-    if needs is Justification.NONE or not OPERATIONS[ctx.operation].justified:
+    operation = OPERATIONS[ctx.operation]
+    if needs is Justification.NONE or not operation.justified:
         return Justified(rule, None, repair_visit_only=False, review_required=False)
+    if (
+        ctx.subject_request_id is not None
+        and ctx.purpose is Purpose.SUBJECT_REQUEST
+        and needs is Justification.VISIT_OR_REASON
+    ):
+        # A manager acting on an open customer request: checked in the customer's own query.
+        return Justified(
+            rule,
+            None,
+            repair_visit_only=False,
+            review_required=False,
+            subject_request_id=ctx.subject_request_id,
+        )
     if needs in (Justification.VISIT, Justification.REPAIR_VISIT):
         if ctx.visit_id is None:
             raise denied(
@@ -82,18 +122,25 @@ def permit(
             repair_visit_only=needs is Justification.REPAIR_VISIT,
             review_required=False,
         )
-    if needs is Justification.VISIT_OR_REASON and ctx.visit_id is not None:
+    visit_justifies = operation.visit_justifies
+    if needs is Justification.VISIT_OR_REASON and ctx.visit_id is not None and visit_justifies:
         return Justified(rule, ctx.visit_id, repair_visit_only=False, review_required=False)
     if ctx.reason is None:
+        if needs is not Justification.VISIT_OR_REASON:
+            detail = None
+        elif visit_justifies:
+            detail = "This access needs X-Visit-Id of an open visit, or X-Access-Reason."
+        else:
+            detail = (
+                "This access needs X-Access-Reason, or X-Subject-Request-Id of an open request."
+            )
         raise denied(
             ctx,
             ReasonRequired,
             action=action,
             resource=resource,
             customer_ids=customer_ids,
-            detail="This access needs X-Visit-Id of an open visit, or X-Access-Reason."
-            if needs is Justification.VISIT_OR_REASON
-            else None,
+            detail=detail,
         )
     return Justified(
         rule,
@@ -109,3 +156,14 @@ def visit_refused(
     """The visit given is not open, not at the caller's store, not of the needed type, or not
     for this customer: the same answer whether or not the customer exists."""
     return denied(ctx, VisitRequired, action=action, resource=resource, customer_ids=customer_ids)
+
+
+def request_refused(
+    ctx: AccessContext, *, action: Action, resource: str, customer_ids: tuple[str, ...]
+) -> Forbidden:
+    """The customer request given is not open, not for this customer, not at the caller's
+    store, or of a kind that does not cover the operation: the same answer whether or not the
+    customer exists."""
+    return denied(
+        ctx, SubjectRequestRequired, action=action, resource=resource, customer_ids=customer_ids
+    )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from app.access import repository
 from app.access.context import AccessContext
-from app.access.guard import Justified, denied, permit, visit_refused
+from app.access.guard import Justified, denied, permit, request_refused, visit_refused
 from app.audit.events import Action, EventDraft
 from app.crypto import KeyScope
 from app.customers.catalogue import CONTRACT_GROUPS, CustomerReader, scopes_for
@@ -28,7 +28,15 @@ from app.errors import Forbidden, NotFound, VisitRequired
 from app.kit.ids import canonical_id
 from app.models import Contract, Customer
 from app.models.base import utcnow
-from app.policy import PURPOSES_WHILE_SUSPENDED, WHILE_REPAIR_VISIT_OPEN, FieldGroup
+from app.policy import (
+    PURPOSES_WHILE_SUSPENDED,
+    READ_AFTER_ERASURE,
+    RETAINED_AFTER_ERASURE,
+    WHILE_REPAIR_VISIT_OPEN,
+    FieldGroup,
+    Operation,
+    request_kinds_covering,
+)
 from app.runtime import Runtime
 from app.uow import UnitOfWork
 from app.visits.rules import presence_window
@@ -99,6 +107,15 @@ async def open_customer(
             else now - presence_window(runtime.settings),
         )
     )
+    request = (
+        None
+        if justified.subject_request_id is None
+        else repository.RequestCheck(
+            justified.subject_request_id,
+            ctx.principal.store_id,
+            request_kinds_covering(ctx.operation),
+        )
+    )
     contracts_too = with_contracts and bool(justified.groups & CONTRACT_GROUPS)
     row = await repository.load_for_access(
         uow.session,
@@ -107,17 +124,32 @@ async def open_customer(
         visit=visit,
         now=now,
         with_contracts=contracts_too,
+        request=request,
     )
     uow.principal_verified(row.principal_ok)
 
-    # 3. The visit's verdict, before anything is said about the customer.
+    # 3. The visit's (or the customer request's) verdict, before anything is said about the
+    # customer.
     if visit is not None and not row.visit_ok:
         raise visit_refused(ctx, action=action, resource=resource, customer_ids=asked)
+    if request is not None and not row.visit_ok:
+        raise request_refused(ctx, action=action, resource=resource, customer_ids=asked)
 
     # 4. Existence and state.
     customer = row.customer
-    if customer is None or customer.state == "erased":
+    if customer is None:
         raise NotFound(not_found)
+    if customer.state == "erased":
+        # Only the identity-verification record may outlive erasure, for fraud prevention and
+        # audit reads, while the law requires it (its key is destroyed when that ends).
+        retained = row.identity_key is not None and (
+            ctx.operation is Operation.READ_CUSTOMER
+            and (ctx.principal.role, ctx.purpose) in READ_AFTER_ERASURE
+        )
+        if not retained:
+            raise NotFound(not_found)
+        justified = justified.narrowed(RETAINED_AFTER_ERASURE)
+        contracts_too = False
     suspended = customer.state == "suspended"
     if suspended and not suspended_ok and ctx.purpose not in PURPOSES_WHILE_SUSPENDED:
         raise denied(ctx, CustomerSuspended, action=action, resource=resource, customer_ids=asked)
@@ -167,6 +199,7 @@ def record_access(
             if review_required is None
             else review_required,
             presence_method=presence_method,
+            subject_request_id=opened.justified.subject_request_id,
         )
     )
 

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.repository import principal_check_clause, principal_params
 from app.auth.tokens import Principal
 from app.crypto import KeyScope
-from app.models import Contract, Customer, CustomerKey, Store, Visit
+from app.models import Contract, Customer, CustomerKey, Store, SubjectRequest, Visit
 
 
 def visit_is_open(now: datetime) -> ColumnElement[bool]:
@@ -57,6 +57,29 @@ def _visit_justifies(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RequestCheck:
+    """The customer request that must justify an access: open, for this customer, at the
+    caller's store, and of one of ``kinds`` (those covering the operation)."""
+
+    request_id: str
+    store_id: str | None
+    kinds: tuple[str, ...]
+
+
+@functools.cache
+def _request_justifies(kinds: tuple[str, ...]) -> ColumnElement[bool]:
+    if not kinds:
+        return false()
+    return exists().where(
+        SubjectRequest.id == bindparam("r_id"),
+        SubjectRequest.store_id == bindparam("r_store"),
+        SubjectRequest.customer_id == bindparam("c_id"),
+        SubjectRequest.status == "open",
+        SubjectRequest.kind.in_(kinds),
+    )
+
+
 def wrapped_key(scope: KeyScope) -> ColumnElement[bytes | None]:
     return (
         select(CustomerKey.wrapped_key)
@@ -67,7 +90,11 @@ def wrapped_key(scope: KeyScope) -> ColumnElement[bytes | None]:
 
 @functools.cache
 def _access_statement(
-    kind: str, has_store: bool, visit: tuple[bool, bool, bool] | None, with_contracts: bool
+    kind: str,
+    has_store: bool,
+    visit: tuple[bool, bool, bool] | None,
+    with_contracts: bool,
+    request_kinds: tuple[str, ...] | None = None,
 ) -> Select[Any]:
     """Built once per shape: the values travel as bound parameters."""
 
@@ -76,6 +103,9 @@ def _access_statement(
         select(Store.code).where(Store.id == Customer.document_verified_store_id).scalar_subquery()
     )
     visit_ok = false() if visit is None else _visit_justifies(*visit)
+    if request_kinds is not None:
+        # Either justification, never both: one verdict column.
+        visit_ok = _request_justifies(request_kinds)
     statement = (
         select(
             principal_check_clause(kind, has_store).label("principal_ok"),
@@ -116,9 +146,11 @@ async def load_for_access(
     visit: VisitCheck | None,
     now: datetime,
     with_contracts: bool = False,
+    request: RequestCheck | None = None,
 ) -> AccessRow:
-    """One round trip: is the token still good, does the visit justify the access, and the
-    customer with its wrapped keys (and contracts, when they will be disclosed)."""
+    """One round trip: is the token still good, does the visit (or the customer request)
+    justify the access, and the customer with its wrapped keys (and contracts, when they will
+    be disclosed). ``visit_ok`` is the verdict of whichever justification was given."""
     statement = _access_statement(
         principal.kind,
         principal.store_id is not None,
@@ -126,8 +158,11 @@ async def load_for_access(
         if visit is None
         else (visit.repair_only, visit.for_new_customer, visit.presence_since is not None),
         with_contracts,
+        None if request is None else request.kinds,
     )
     params = {**principal_params(principal), "c_id": customer_id}
+    if request is not None and request.kinds:
+        params.update(r_id=request.request_id, r_store=request.store_id)
     if visit is not None:
         params.update(v_id=visit.visit_id, v_store=visit.store_id, v_now=now)
         if visit.presence_since is not None:

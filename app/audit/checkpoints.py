@@ -9,7 +9,11 @@ database must still reach it, with the same hash.
 
 ``kind`` is ``append`` for the periodic checkpoint written by a process that appends events, and
 ``verify`` for the one written after a verification passed: incremental verification starts from
-the heads as they stood at the last ``verify`` line.
+the heads as they stood at the last ``verify`` line. ``prune`` lines carry **anchors**: when
+``shopvault purge`` deletes a chain's oldest events (a whole prefix, past their retention), it
+first signs here, per chain, the first kept event's ``seq`` and ``prev_hash``; verification starts
+the chain from that anchor, so the pruned prefix is not reported as missing — and nothing but a
+signed anchor can make a missing prefix acceptable.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from app.audit.chain import GENESIS_HASH, AuditKeys
 log = logging.getLogger("shopvault.audit.checkpoints")
 
 FORMAT_VERSION = 1
-APPEND, VERIFY = "append", "verify"
+APPEND, VERIFY, PRUNE = "append", "verify", "prune"
 
 Head = tuple[int, str]  # (seq, hash)
 
@@ -50,11 +54,13 @@ class Checkpoint:
     heads: dict[str, Head]
     hash: str
     sig: str
+    # Per chain: (first kept seq, its prev_hash) after a prune.
+    anchors: dict[str, Head] = field(default_factory=dict)
 
     def line(self) -> str:
         return json.dumps(
             {
-                **_body(self.n, self.at, self.kind, self.prev, self.heads),
+                **_body(self.n, self.at, self.kind, self.prev, self.heads, self.anchors),
                 "hash": self.hash,
                 "sig": self.sig,
             },
@@ -67,8 +73,15 @@ class Checkpoint:
         return datetime.strptime(self.at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
-def _body(n: int, at: str, kind: str, prev: str, heads: dict[str, Head]) -> dict[str, Any]:
-    return {
+def _body(
+    n: int,
+    at: str,
+    kind: str,
+    prev: str,
+    heads: dict[str, Head],
+    anchors: dict[str, Head] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "v": FORMAT_VERSION,
         "n": n,
         "at": at,
@@ -76,6 +89,9 @@ def _body(n: int, at: str, kind: str, prev: str, heads: dict[str, Head]) -> dict
         "prev": prev,
         "heads": {chain: [seq, digest] for chain, (seq, digest) in sorted(heads.items())},
     }
+    if anchors:  # only prune lines have the key: the other lines hash as before
+        body["anchors"] = {c: [seq, digest] for c, (seq, digest) in sorted(anchors.items())}
+    return body
 
 
 def _hash_body(body: dict[str, Any]) -> str:
@@ -90,12 +106,22 @@ def make_checkpoint(
     at: datetime,
     kind: str,
     heads: dict[str, Head],
+    anchors: dict[str, Head] | None = None,
 ) -> Checkpoint:
     n = previous.n + 1 if previous else 1
     prev = previous.hash if previous else GENESIS_HASH
     stamp = _timestamp(at)
-    digest = _hash_body(_body(n, stamp, kind, prev, heads))
-    return Checkpoint(n, stamp, kind, prev, dict(heads), digest, keys.checkpoint_signature(digest))
+    digest = _hash_body(_body(n, stamp, kind, prev, heads, anchors))
+    return Checkpoint(
+        n,
+        stamp,
+        kind,
+        prev,
+        dict(heads),
+        digest,
+        keys.checkpoint_signature(digest),
+        dict(anchors or {}),
+    )
 
 
 def parse_line(keys: AuditKeys, line: str) -> Checkpoint | None:
@@ -103,6 +129,7 @@ def parse_line(keys: AuditKeys, line: str) -> Checkpoint | None:
     try:
         data = json.loads(line)
         heads = {str(c): (int(h[0]), str(h[1])) for c, h in dict(data["heads"]).items()}
+        anchors = {str(c): (int(a[0]), str(a[1])) for c, a in dict(data.get("anchors", {})).items()}
         checkpoint = Checkpoint(
             n=int(data["n"]),
             at=str(data["at"]),
@@ -111,12 +138,13 @@ def parse_line(keys: AuditKeys, line: str) -> Checkpoint | None:
             heads=heads,
             hash=str(data["hash"]),
             sig=str(data["sig"]),
+            anchors=anchors,
         )
         if int(data["v"]) != FORMAT_VERSION:
             return None
     except (ValueError, KeyError, TypeError, IndexError):
         return None
-    body = _body(checkpoint.n, checkpoint.at, checkpoint.kind, checkpoint.prev, heads)
+    body = _body(checkpoint.n, checkpoint.at, checkpoint.kind, checkpoint.prev, heads, anchors)
     if _hash_body(body) != checkpoint.hash:
         return None
     if not hmac.compare_digest(keys.checkpoint_signature(checkpoint.hash), checkpoint.sig):
@@ -133,6 +161,8 @@ class Fold:
     verified: dict[str, Head] = field(default_factory=dict)
     last: Checkpoint | None = None
     seen: set[str] = field(default_factory=set)
+    # Per chain: where it starts after pruning (first kept seq, its prev_hash).
+    anchors: dict[str, Head] = field(default_factory=dict)
 
     def add(self, checkpoint: Checkpoint) -> None:
         if checkpoint.hash in self.seen:
@@ -142,6 +172,7 @@ class Fold:
             known = self.heads.get(chain)
             if known is None or head[0] > known[0]:
                 self.heads[chain] = head
+        _add_anchors(self.anchors, checkpoint)
         if checkpoint.kind == VERIFY:
             # A verify line vouches for every head attested up to it.
             self.verified = dict(self.heads)
@@ -149,7 +180,16 @@ class Fold:
             self.last = checkpoint
 
     def copy(self) -> Fold:
-        return Fold(dict(self.heads), dict(self.verified), self.last, set(self.seen))
+        return Fold(
+            dict(self.heads), dict(self.verified), self.last, set(self.seen), dict(self.anchors)
+        )
+
+
+def _add_anchors(anchors: dict[str, Head], checkpoint: Checkpoint) -> None:
+    for chain, anchor in checkpoint.anchors.items():
+        known = anchors.get(chain)
+        if known is None or anchor[0] > known[0]:
+            anchors[chain] = anchor
 
 
 class CheckpointFile:
@@ -260,4 +300,6 @@ def fold_lines(keys: AuditKeys, lines: Iterable[str], into: Fold) -> Fold:
             known = merged.heads.get(chain)
             if known is None or head[0] > known[0]:
                 merged.heads[chain] = head
+        # Signed, so a copy in the database can only be a genuine anchor.
+        _add_anchors(merged.anchors, checkpoint)
     return merged

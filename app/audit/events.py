@@ -67,6 +67,7 @@ def denied_event(
     purpose: str | None = None,
     reason: str | None = None,
     customer_ids: tuple[str, ...] = (),
+    subject_request_id: str | None = None,
 ) -> EventDraft:
     """The event of a refusal: who tried what, on which resource, and the problem answered."""
     return EventDraft(
@@ -78,4 +79,5 @@ def denied_event(
         reason=reason,
         customer_ids=customer_ids,
         denial=denial,
+        subject_request_id=subject_request_id,
     )

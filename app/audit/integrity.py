@@ -24,6 +24,7 @@ from sqlalchemy.pool import NullPool
 from app.audit.chain import AuditKeys
 from app.audit.checkpoints import (
     APPEND,
+    PRUNE,
     VERIFY,
     Checkpoint,
     CheckpointFile,
@@ -128,9 +129,32 @@ class AuditIntegrity:
                 self._write_checkpoint(locked, APPEND, changed)
             return []
 
-    def _write_checkpoint(self, locked: LockedFile, kind: str, heads: dict[str, Any]) -> None:
+    def record_anchors(self, anchors: dict[str, Any]) -> None:
+        """Sign where each pruned chain starts now, before its prefix is deleted (a prune that
+        fails afterwards leaves events before the anchor, which verification skips)."""
+        with self.file.locked() as locked:
+            assert locked is not None
+            self._write_checkpoint(locked, PRUNE, {}, anchors=anchors)
+
+    def anchors(self) -> dict[str, Any]:
+        """The anchors the checkpoint file holds so far."""
+        return dict(self.file.read().anchors)
+
+    def _write_checkpoint(
+        self,
+        locked: LockedFile,
+        kind: str,
+        heads: dict[str, Any],
+        *,
+        anchors: dict[str, Any] | None = None,
+    ) -> None:
         checkpoint = make_checkpoint(
-            self.keys, previous=locked.last, at=self.clock(), kind=kind, heads=heads
+            self.keys,
+            previous=locked.last,
+            at=self.clock(),
+            kind=kind,
+            heads=heads,
+            anchors=anchors,
         )
         locked.append(checkpoint)  # outside the database first: that copy is the one that counts
         try:

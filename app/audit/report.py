@@ -69,12 +69,11 @@ _templates = Environment(
 
 async def authorize_report(
     uow: UnitOfWork, runtime: Runtime, ctx: AccessContext, customer_id: str
-) -> tuple[str, bool]:
+) -> pipeline.OpenedCustomer:
     """The customer access check for the report: a `subject_request` access to this customer
     (a manager's, with a visit, a reason or a customer request), refused like any other — the
-    one call into the customer access pipeline. The customer's id, and whether the access
-    awaits review."""
-    opened = await pipeline.open_customer(
+    one call into the customer access pipeline."""
+    return await pipeline.open_customer(
         uow,
         runtime,
         ctx,
@@ -83,7 +82,6 @@ async def authorize_report(
         resource=resource_of("customers", customer_id, "/access-report"),
         scopes=frozenset(),  # the report decrypts nothing
     )
-    return opened.id, opened.justified.review_required
 
 
 def _item(event: AccessEvent) -> AccessReportItem:
@@ -106,9 +104,9 @@ async def access_report(
     since: datetime | None,
     until: datetime | None,
 ) -> AccessReport:
-    customer, review_required = await authorize_report(uow, runtime, ctx, customer_id)
-    events = await repository.customer_access(uow.session, customer, since=since, until=until)
-    store = await repository.store_by_id(uow.session, ctx.principal.store_id)
+    opened = await authorize_report(uow, runtime, ctx, customer_id)
+    customer = opened.id
+    report = await build_report(uow, customer, ctx.principal.store_id, since=since, until=until)
     uow.record(
         EventDraft(
             actor=ctx.actor,
@@ -117,9 +115,24 @@ async def access_report(
             purpose=ctx.purpose.value,
             reason=ctx.reason,
             customer_ids=(customer,),
-            review_required=review_required,
+            review_required=opened.justified.review_required,
+            subject_request_id=opened.justified.subject_request_id,
         )
     )
+    return report
+
+
+async def build_report(
+    uow: UnitOfWork,
+    customer: str,
+    store_id: str | None,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> AccessReport:
+    """The report's content (the caller is checked already), issued by ``store_id``'s shop."""
+    events = await repository.customer_access(uow.session, customer, since=since, until=until)
+    store = await repository.store_by_id(uow.session, store_id)
     return AccessReport(
         customer_id=customer,
         store=ReportStore(code=store.code, name=store.name) if store else None,

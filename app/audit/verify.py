@@ -13,6 +13,10 @@ Problems, by name:
   missing or not authenticated;
 - ``chain-missing``: a chain that is registered, or named by a checkpoint, has no events;
 - ``chain-unregistered``: a chain in the log with no authenticated registration.
+
+A chain whose oldest events were pruned by retention starts at its signed anchor (the first kept
+event's seq and prev_hash, from a ``prune`` checkpoint): events before it are neither expected
+nor checked.
 """
 
 from __future__ import annotations
@@ -356,24 +360,37 @@ class _ChainCheck:
         checkpoint: Head | None,
         head: _HeadRow | None,
         registered: bool,
+        anchor: Head | None = None,
     ) -> None:
         self.v = verification
         self.key = keys.chain
         self.keys = keys
         self.chain = chain
+        if anchor is not None and start is not None and start[0] < anchor[0]:
+            start = None  # where the last verification stopped was pruned since
         self.start = start
         self.checkpoint = checkpoint
         self.head = head
         self.registered = registered
-        self.expect = (start[0] if start else 0) + 1
-        self.prev = start[1] if start else GENESIS_HASH
+        self.anchor = anchor
+        # Events before the anchor were pruned (or are about to be): not expected, not checked.
+        self.below = anchor[0] if anchor is not None else 0
+        before = (anchor[0] - 1, anchor[1]) if anchor is not None else (0, GENESIS_HASH)
+        self.expect = (start[0] if start else before[0]) + 1
+        self.prev = start[1] if start else before[1]
         self.start_seen = start is None or start[0] == 0
         self.events = 0
-        self.last_seq = start[0] if start else 0
+        self.last_seq = start[0] if start else before[0]
+
+    @property
+    def from_seq(self) -> int:
+        return self.start[0] if self.start else self.below
 
     def feed(self, row: Sequence[Any]) -> None:
         v = self.v
         event_id, seq, at, prev_hash, stored = row[0], row[2], row[3], row[24], row[25]
+        if seq < self.below:
+            return
         v.checked += 1
         self.events += 1
         if self.start is not None and seq == self.start[0]:
@@ -402,7 +419,7 @@ class _ChainCheck:
 
     def finish(self) -> None:
         v, chain = self.v, self.chain
-        if self.events == 0 and (self.head is None or self.start is None):
+        if self.events == 0 and self.anchor is None and (self.head is None or self.start is None):
             v.report(Finding(CHAIN_MISSING, chain))
             return
         if not self.registered:
@@ -480,6 +497,7 @@ def verify(
             checkpoint=checkpoints.heads.get(chain),
             head=heads.get(chain),
             registered=chain in registered,
+            anchor=checkpoints.anchors.get(chain),
         )
 
     if full:
@@ -497,7 +515,7 @@ def verify(
     for chain in chains:
         start = checkpoints.verified.get(chain)
         current = check(chain, start)
-        for row in _chain_events(connection, chain, start[0] if start else 0):
+        for row in _chain_events(connection, chain, current.from_seq):
             current.feed(row)
         current.finish()
     return verification
@@ -523,8 +541,8 @@ class _Part:
     url: str
     snapshot: str
     keys: AuditKeys
-    # Per chain: its newest checkpoint, its head row and whether it is registered.
-    chains: list[tuple[str, Head | None, _HeadRow | None, bool]]
+    # Per chain: its newest checkpoint, its head row, whether it is registered, its anchor.
+    chains: list[tuple[str, Head | None, _HeadRow | None, bool, Head | None]]
 
 
 def _check_part(connection: Connection, part: _Part, verification: Verification) -> None:
@@ -537,8 +555,9 @@ def _check_part(connection: Connection, part: _Part, verification: Verification)
             checkpoint=checkpoint,
             head=head,
             registered=registered,
+            anchor=anchor,
         )
-        for chain, checkpoint, head, registered in part.chains
+        for chain, checkpoint, head, registered, anchor in part.chains
     }
     sql = (
         f"SELECT {_POSTGRES_SELECT} FROM access_event e "  # noqa: S608
@@ -579,11 +598,15 @@ def _verify_in_parallel(
     # Balanced by length (the head's seq), longest first.
     probes = sorted((check(chain, None) for chain in chains), key=lambda c: -_length(c))
     loads = [0] * workers
-    groups: list[list[tuple[str, Head | None, _HeadRow | None, bool]]] = [[] for _ in loads]
+    groups: list[list[tuple[str, Head | None, _HeadRow | None, bool, Head | None]]] = [
+        [] for _ in loads
+    ]
     for probe in probes:
         slot = loads.index(min(loads))
         loads[slot] += _length(probe)
-        groups[slot].append((probe.chain, probe.checkpoint, probe.head, probe.registered))
+        groups[slot].append(
+            (probe.chain, probe.checkpoint, probe.head, probe.registered, probe.anchor)
+        )
     parts = [_Part(url, snapshot, keys, group) for group in groups]
     # Worker processes of our own (``python -m app.audit.verify_worker``), given their part
     # (the keys included) on stdin, never on the command line.
@@ -655,6 +678,10 @@ def compare_heads(
             findings.append(Finding(TAIL_TRUNCATED, chain, seq))
         elif head.seq == seq:
             if head.hash != digest:
+                findings.append(Finding(HASH_MISMATCH, chain, seq))
+        elif (anchor := fold.anchors.get(chain)) is not None and seq < anchor[0]:
+            # That event was pruned: only the anchor's link to it can be compared.
+            if seq == anchor[0] - 1 and anchor[1] != digest:
                 findings.append(Finding(HASH_MISMATCH, chain, seq))
         elif connection.execute(statement, {"chain": chain, "seq": seq}).scalar() != digest:
             findings.append(Finding(HASH_MISMATCH, chain, seq))

@@ -14,6 +14,7 @@ from app.models.master_key import MasterKeyRetirement
 from app.models.message import Message, PresenceCode
 from app.models.monitoring import AccessReview, Alert
 from app.models.paper_form import PaperForm
+from app.models.subject_request import SubjectRequest
 from app.models.visit import IdempotentRequest, RepairStatusChange, ServiceKey, Visit
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "ServiceKey",
     "Staff",
     "Store",
+    "SubjectRequest",
     "SystemClient",
     "Visit",
 ]

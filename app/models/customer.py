@@ -24,6 +24,12 @@ class Customer(Base):
 
     id: Mapped[str] = id_column()
     state: Mapped[str] = mapped_column(String(16), default="active")  # active|suspended|erased
+    # The tombstone of an erased customer: when, under which rule (``subject_request`` for an
+    # erasure on request, else a retention rule's key), and until when the identity-verification
+    # record is kept (None: nothing kept). Erased values are emptied (b"" / ""), keys destroyed.
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    erasure_rule: Mapped[str | None] = mapped_column(String(32))
+    identity_retain_until: Mapped[date | None] = mapped_column(Date)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     created_store_id: Mapped[str | None] = mapped_column(ForeignKey("store.id"))

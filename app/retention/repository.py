@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import ConsentEvent, Contract, Customer, PaperForm, Visit
+from app.models import ConsentEvent, Contract, Customer, Message, PaperForm, Visit
 
 
 async def contract_summary(session: AsyncSession, customer_id: str) -> tuple[int, date | None]:
@@ -54,3 +54,131 @@ async def kept_forms(
 
 async def flush(session: AsyncSession) -> None:
     await session.flush()
+
+
+# --- disposal by schedule (shopvault purge) -----------------------------------------------------
+
+
+async def customers_past(session: AsyncSession, before: datetime, now: datetime) -> list[str]:
+    """Customers (not erased) with no active contract, no contract ended and no visit since
+    ``before``, registered before it, and no open visit: candidates for disposal (the rule is
+    checked exactly per customer)."""
+    open_visit = (
+        select(Visit.id)
+        .where(
+            Visit.customer_id == Customer.id,
+            Visit.closed_at.is_(None),
+            or_(Visit.auto_close_at.is_(None), Visit.auto_close_at > now),
+        )
+        .exists()
+    )
+    recent_visit = (
+        select(Visit.id).where(Visit.customer_id == Customer.id, Visit.opened_at >= before).exists()
+    )
+    live_contract = (
+        select(Contract.id)
+        .where(
+            Contract.customer_id == Customer.id,
+            or_(Contract.status == "active", Contract.ended_on >= before.date()),
+        )
+        .exists()
+    )
+    statement = (
+        select(Customer.id)
+        .where(
+            Customer.state.in_(("active", "suspended")),
+            Customer.created_at < before,
+            ~open_visit,
+            ~recent_visit,
+            ~live_contract,
+        )
+        .order_by(Customer.created_at, Customer.id)
+    )
+    return list((await session.execute(statement)).scalars())
+
+
+async def customer_activity(session: AsyncSession, customer_id: str) -> tuple[str, datetime] | None:
+    """The customer's state (row locked) and their last activity: registration or last visit."""
+    row = (
+        await session.execute(
+            select(Customer.state, Customer.created_at)
+            .where(Customer.id == customer_id)
+            .with_for_update()
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    last_visit = (
+        await session.execute(
+            select(func.max(Visit.opened_at)).where(Visit.customer_id == customer_id)
+        )
+    ).scalar_one_or_none()
+    state, created = row
+    return state, max(created, last_visit) if last_visit else created
+
+
+async def has_open_visit(session: AsyncSession, customer_id: str, now: datetime) -> bool:
+    statement = select(Visit.id).where(
+        Visit.customer_id == customer_id,
+        Visit.closed_at.is_(None),
+        or_(Visit.auto_close_at.is_(None), Visit.auto_close_at > now),
+    )
+    return (await session.execute(statement.limit(1))).first() is not None
+
+
+async def identity_records_past(session: AsyncSession, today: date) -> list[str]:
+    """Erased customers whose identity-verification record is kept no longer."""
+    statement = (
+        select(Customer.id)
+        .where(
+            Customer.state == "erased",
+            Customer.identity_retain_until.is_not(None),
+            Customer.identity_retain_until < today,
+        )
+        .order_by(Customer.id)
+    )
+    return list((await session.execute(statement)).scalars())
+
+
+def _visit_end() -> ColumnElement[datetime | None]:
+    return func.coalesce(Visit.closed_at, Visit.auto_close_at)
+
+
+async def visit_notes_past(
+    session: AsyncSession, before: datetime, now: datetime
+) -> Sequence[tuple[str, str | None, datetime]]:
+    """Ended visits (before ``before``) that still hold notes or a symptom: (id, customer, end)."""
+    end = _visit_end()
+    statement = (
+        select(Visit.id, Visit.customer_id, end)
+        .where(
+            or_(Visit.notes_enc.is_not(None), Visit.repair_symptom_enc.is_not(None)),
+            end < before,
+            end <= now,
+        )
+        .order_by(end, Visit.id)
+    )
+    rows = (await session.execute(statement)).all()
+    return [(vid, cid, at) for vid, cid, at in rows if at is not None]
+
+
+async def clear_visit_notes(session: AsyncSession, visit_ids: Sequence[str]) -> None:
+    await session.execute(
+        update(Visit).where(Visit.id.in_(visit_ids)).values(notes_enc=None, repair_symptom_enc=None)
+    )
+
+
+async def messages_past(
+    session: AsyncSession, before: datetime
+) -> Sequence[tuple[str, str, datetime]]:
+    """Sent or failed messages made before ``before``: (id, customer, made)."""
+    statement = (
+        select(Message.id, Message.customer_id, Message.created_at)
+        .where(Message.status.in_(("sent", "failed")), Message.created_at < before)
+        .order_by(Message.created_at, Message.id)
+    )
+    return [(mid, cid, at) for mid, cid, at in (await session.execute(statement)).all()]
+
+
+async def delete_messages(session: AsyncSession, message_ids: Sequence[str]) -> None:
+    await session.execute(delete(Message).where(Message.id.in_(message_ids)))

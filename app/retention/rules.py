@@ -1,10 +1,11 @@
 """Retention rules, as data: how long each kind of record is kept, counted from what, and why.
 
 The one table of the service's retention periods; ``/docs`` renders it (``render_markdown``).
-Paper forms are here; customers, visit notes, messages and access events join this table with
-their own rules. A rule gives the *last day* a record is kept ("retain until", a date in
-Asia/Tokyo); from the day after, it is due for disposal. ``None`` means "kept while its basis
-lasts" (an active contract, a granted consent): the date is set when the basis ends.
+Paper forms, customers, visit notes, messages and access events each have their rules here;
+``shopvault purge`` applies them (``app/retention/purge.py``). A rule gives the *last day* a
+record is kept ("retain until", a date in Asia/Tokyo); from the day after, it is due for
+disposal. ``None`` means "kept while its basis lasts" (an active contract, a granted consent):
+the date is set when the basis ends.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ class Basis(StrEnum):
     # The customer's marketing consent ended; kept while a consent (email or SMS) is granted;
     # counted from the visit when no consent was ever withdrawn after it.
     CONSENT_END = "consent_end"
-    # The visit at which the record was made.
+    # The visit at which the record was made (visit notes: the visit's end).
     VISIT = "visit"
+    # The record itself: when it was made (a message, an access event).
+    MADE = "made"
 
 
 BASIS_WORDING: Mapping[Basis, str] = {
@@ -35,6 +38,7 @@ BASIS_WORDING: Mapping[Basis, str] = {
     "is active; after the visit when there is none)",
     Basis.CONSENT_END: "after the marketing consent ended (kept while a consent is granted)",
     Basis.VISIT: "after the visit",
+    Basis.MADE: "after it was made",
 }
 
 
@@ -97,8 +101,62 @@ FORM_RULES: Mapping[FormType, RetentionRule] = {
     ),
 }
 
+# 携帯電話不正利用防止法 第4条第2項: the identity-verification record (本人確認記録: name,
+# address, birth date, the document and its number) is kept for 3 years from the day the
+# contract ended. After an erasure it is all that is kept, and only for that long.
+IDENTITY_RECORD_RULE = RetentionRule(
+    "customer.identity_record",
+    "customer: identity-verification record (kept after an erasure)",
+    3,
+    Basis.LAST_CONTRACT_END,
+    "携帯電話不正利用防止法 第4条第2項 (本人確認記録: 契約終了の日から3年間保存)",
+)
+# A customer with no active contract: their personal data as long as the identity record must
+# be kept, counted from their last contract's end — or from their last visit (or registration)
+# when that is later or they never had a contract (shop rule: a customer still served is kept).
+CUSTOMER_RULE = RetentionRule(
+    "customer.personal_data",
+    "customer: personal data (no active contract)",
+    3,
+    Basis.LAST_CONTRACT_END,
+    "携帯電話不正利用防止法 第4条第2項 and shop rule (社内規程): 3 years after the last "
+    "contract ended, or after the last visit",
+)
+# Business rule: notes and repair symptoms answer questions about the visit for a year.
+VISIT_NOTES_RULE = RetentionRule(
+    "visit.notes",
+    "visit notes and repair symptoms (free text)",
+    1,
+    Basis.VISIT,
+    "shop rule (社内規程): 1 year after the visit ended",
+)
+# Business rule: what was sent to the customer (and when) answers complaints for a year.
+MESSAGE_RULE = RetentionRule(
+    "message",
+    "messages to customers (subject, body, delivery status)",
+    1,
+    Basis.MADE,
+    "shop rule (社内規程): 1 year after the message was made",
+)
+# The access log answers customers' access reports and investigations for 5 years; pruned
+# only by `shopvault purge` run as the database owner, leaving a signed anchor.
+ACCESS_EVENT_RULE = RetentionRule(
+    "access_event",
+    "access events (the audit log)",
+    5,
+    Basis.MADE,
+    "個人情報保護法 (APPI) accountability; shop rule (社内規程): 5 years",
+)
+
 # Every rule of the service, in the order /docs shows them.
-RULES: tuple[RetentionRule, ...] = (*FORM_RULES.values(),)
+RULES: tuple[RetentionRule, ...] = (
+    *FORM_RULES.values(),
+    CUSTOMER_RULE,
+    IDENTITY_RECORD_RULE,
+    VISIT_NOTES_RULE,
+    MESSAGE_RULE,
+    ACCESS_EVENT_RULE,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +190,7 @@ def retain_until(rule: RetentionRule, *, made_on: date, facts: CustomerFacts) ->
             if facts.consent_granted:
                 return None
             start = max(made_on, facts.last_consent_end or made_on)
-        case Basis.VISIT:
+        case Basis.VISIT | Basis.MADE:
             start = made_on
     return add_years(start, rule.years)
 

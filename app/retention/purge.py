@@ -1,0 +1,325 @@
+"""Disposal by schedule: ``shopvault purge [--dry-run]`` applies the retention rules
+(``app/retention/rules.py``).
+
+- customers with no active contract, past ``customer.personal_data``: erased by crypto-shredding
+  and row deletion (``app/rights/erasure.py``), leaving the tombstone (id, when, rule);
+- erased customers' identity-verification records past ``customer.identity_record``: their key
+  and values destroyed;
+- visit notes and repair symptoms past ``visit.notes``: cleared;
+- sent or failed messages past ``message``: deleted;
+- access events past ``access_event``: pruned only as the owner (``app/audit/pruning.py``);
+- paper forms due: listed (a person shreds paper).
+
+Every disposal is recorded (``dispose`` events: one per customer; one per batch of notes or
+messages, naming the customers concerned). Each customer is disposed of in a transaction of its
+own, after checking the rule again under a row lock: running twice, or on two machines at once,
+disposes of nothing twice (and on PostgreSQL an advisory lock lets one purge run at a time).
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from app.audit.events import Action, Actor, EventDraft
+from app.db import create_sync_engine, is_sqlite
+from app.models import Customer
+from app.retention import repository
+from app.retention.rules import (
+    CUSTOMER_RULE,
+    IDENTITY_RECORD_RULE,
+    MESSAGE_RULE,
+    VISIT_NOTES_RULE,
+    CustomerFacts,
+    RetentionRule,
+    add_years,
+    is_due,
+    retain_until,
+)
+from app.retention.service import TOKYO, date_in_japan
+from app.rights import erasure
+from app.uow import UnitOfWork
+
+BATCH = 500
+# pg_try_advisory_lock key: "shopvault purge" (any constant shared by every purge).
+ADVISORY_LOCK_KEY = 0x73765F7075726765
+
+Result = TypeVar("Result")
+
+
+class Transact(Protocol):
+    """Runs one piece of work in a unit of work of its own, and commits it."""
+
+    async def __call__(self, work: Callable[[UnitOfWork], Awaitable[Result]]) -> Result: ...
+
+
+Progress = Callable[[str, int, int], None]
+
+
+def _no_progress(_what: str, _done: int, _total: int) -> None:
+    return None
+
+
+@dataclass
+class PurgeOutcome:
+    today: date
+    dry_run: bool
+    customers: list[str] = field(default_factory=list)
+    identity_records: list[str] = field(default_factory=list)
+    visit_notes: int = 0
+    messages: int = 0
+
+
+def prefilter(now: datetime, rule: RetentionRule) -> datetime:
+    """A time before which every record the rule disposes of lies (and a little more): the
+    exact rule is then checked record by record."""
+    return now - timedelta(days=365 * rule.years - 2)
+
+
+def first_kept_day(today: date, years: int) -> date:
+    """The first day whose records are still kept on ``today`` under a ``years`` rule."""
+    day = add_years(today, -years)
+    while is_due(add_years(day - timedelta(days=1), years), today) is False:
+        day -= timedelta(days=1)
+    while is_due(add_years(day, years), today):
+        day += timedelta(days=1)
+    return day
+
+
+def cutoff(today: date, years: int) -> datetime:
+    """Records made before this instant (Asia/Tokyo midnight) are past a ``years`` rule."""
+    return datetime.combine(first_kept_day(today, years), time(), TOKYO)
+
+
+# --- customers ----------------------------------------------------------------------------------
+
+
+def _dispose_event(
+    actor: Actor,
+    rule: RetentionRule,
+    resource: str,
+    *,
+    customer_ids: tuple[str, ...],
+    fields: tuple[str, ...] = (),
+    result_count: int | None = None,
+) -> EventDraft:
+    return EventDraft(
+        actor=actor,
+        action=Action.DISPOSE,
+        resource=resource,
+        reason=f"retention rule {rule.key}",
+        customer_ids=customer_ids,
+        fields=fields,
+        result_count=result_count,
+    )
+
+
+async def _customer_due(uow: UnitOfWork, customer_id: str, now: datetime) -> bool:
+    """The customer rule, exactly, with the customer's row locked."""
+    activity = await repository.customer_activity(uow.session, customer_id)
+    if activity is None or activity[0] == "erased":
+        return False
+    if await repository.has_open_visit(uow.session, customer_id, now):
+        return False
+    active, last_end = await repository.contract_summary(uow.session, customer_id)
+    facts = CustomerFacts(
+        active_contract=active > 0,
+        last_contract_end=last_end,
+        consent_granted=False,
+        last_consent_end=None,
+    )
+    until = retain_until(CUSTOMER_RULE, made_on=date_in_japan(activity[1]), facts=facts)
+    return is_due(until, date_in_japan(now))
+
+
+async def _dispose_customer(uow: UnitOfWork, customer_id: str, actor: Actor, now: datetime) -> bool:
+    if not await _customer_due(uow, customer_id, now):
+        return False
+    erased = await erasure.erase(uow.session, customer_id, rule=CUSTOMER_RULE.key, now=now)
+    uow.record(
+        _dispose_event(
+            actor,
+            CUSTOMER_RULE,
+            f"customers/{customer_id}",
+            customer_ids=(customer_id,),
+            fields=tuple(sorted(erased.groups)),
+        )
+    )
+    return True
+
+
+async def _dispose_identity(uow: UnitOfWork, customer_id: str, actor: Actor, today: date) -> bool:
+    row = (
+        await uow.session.execute(
+            select(Customer.state, Customer.identity_retain_until)
+            .where(Customer.id == customer_id)
+            .with_for_update()
+        )
+    ).one_or_none()
+    if row is None or row[0] != "erased" or not is_due(row[1], today):
+        return False
+    groups = await erasure.dispose_identity(uow.session, customer_id)
+    uow.record(
+        _dispose_event(
+            actor,
+            IDENTITY_RECORD_RULE,
+            f"customers/{customer_id}",
+            customer_ids=(customer_id,),
+            fields=tuple(sorted(groups)),
+        )
+    )
+    return True
+
+
+# --- rows of a rule -----------------------------------------------------------------------------
+
+
+def _batches(items: Sequence[Result]) -> Iterator[Sequence[Result]]:
+    for start in range(0, len(items), BATCH):
+        yield items[start : start + BATCH]
+
+
+async def purge(
+    transact: Transact,
+    actor: Actor,
+    *,
+    now: datetime,
+    dry_run: bool,
+    progress: Progress = _no_progress,
+) -> PurgeOutcome:
+    """Apply the rules to the database's rows (the access log is pruned separately)."""
+    today = date_in_japan(now)
+    outcome = PurgeOutcome(today=today, dry_run=dry_run)
+
+    read = transact
+
+    async def customers(uow: UnitOfWork) -> list[str]:
+        return await repository.customers_past(uow.session, prefilter(now, CUSTOMER_RULE), now)
+
+    candidates = await read(customers)
+    for done, customer_id in enumerate(candidates, 1):
+
+        async def one(uow: UnitOfWork, cid: str = customer_id) -> bool:
+            if dry_run:
+                return await _customer_due(uow, cid, now)
+            return await _dispose_customer(uow, cid, actor, now)
+
+        if await read(one):
+            outcome.customers.append(customer_id)
+        progress("customers", done, len(candidates))
+
+    async def records(uow: UnitOfWork) -> list[str]:
+        return await repository.identity_records_past(uow.session, today)
+
+    identities = await read(records)
+    for done, customer_id in enumerate(identities, 1):
+
+        async def record(uow: UnitOfWork, cid: str = customer_id) -> bool:
+            return await _dispose_identity(uow, cid, actor, today)
+
+        if dry_run or await read(record):
+            outcome.identity_records.append(customer_id)
+        progress("identity records", done, len(identities))
+
+    async def notes(uow: UnitOfWork) -> Sequence[tuple[str, str | None, datetime]]:
+        return await repository.visit_notes_past(uow.session, prefilter(now, VISIT_NOTES_RULE), now)
+
+    visits = await read(notes)
+    due_visits = [
+        (vid, cid)
+        for vid, cid, end in visits
+        if is_due(add_years(date_in_japan(end), VISIT_NOTES_RULE.years), today)
+    ]
+    outcome.visit_notes = len(due_visits)
+    if not dry_run:
+        for batch in _batches(due_visits):
+
+            async def clear(
+                uow: UnitOfWork, batch: Sequence[tuple[str, str | None]] = batch
+            ) -> None:
+                await repository.clear_visit_notes(uow.session, [vid for vid, _ in batch])
+                uow.record(
+                    _dispose_event(
+                        actor,
+                        VISIT_NOTES_RULE,
+                        "visits/notes",
+                        customer_ids=tuple(dict.fromkeys(c for _, c in batch if c)),
+                        result_count=len(batch),
+                    )
+                )
+
+            await read(clear)
+
+    async def sent(uow: UnitOfWork) -> Sequence[tuple[str, str, datetime]]:
+        return await repository.messages_past(uow.session, prefilter(now, MESSAGE_RULE))
+
+    messages = await read(sent)
+    due_messages = [
+        (mid, cid)
+        for mid, cid, made in messages
+        if is_due(add_years(date_in_japan(made), MESSAGE_RULE.years), today)
+    ]
+    outcome.messages = len(due_messages)
+    if not dry_run:
+        for batch in _batches(due_messages):
+
+            async def remove(uow: UnitOfWork, batch: Sequence[tuple[str, str]] = batch) -> None:
+                await repository.delete_messages(uow.session, [mid for mid, _ in batch])
+                uow.record(
+                    _dispose_event(
+                        actor,
+                        MESSAGE_RULE,
+                        "messages",
+                        customer_ids=tuple(dict.fromkeys(c for _, c in batch)),
+                        result_count=len(batch),
+                    )
+                )
+
+            await read(remove)
+    return outcome
+
+
+# --- one purge at a time ------------------------------------------------------------------------
+
+
+@contextmanager
+def purge_lock(database_url: str) -> Iterator[bool]:
+    """Held for the whole run: PostgreSQL's advisory lock (every machine), or on SQLite a file
+    lock beside the database. False: another purge holds it."""
+    if is_sqlite(database_url):
+        path = Path(make_url(database_url).database or "shopvault.db")
+        lock_path = path.with_name(path.name + ".purge-lock")
+        with open(lock_path, "a") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return
+    engine = create_sync_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            held = bool(
+                connection.execute(select(func.pg_try_advisory_lock(ADVISORY_LOCK_KEY))).scalar()
+            )
+            connection.commit()
+            try:
+                yield held
+            finally:
+                if held:
+                    connection.execute(select(func.pg_advisory_unlock(ADVISORY_LOCK_KEY)))
+                    connection.commit()
+    finally:
+        engine.dispose()

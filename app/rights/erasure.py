@@ -1,0 +1,67 @@
+"""Erasure by crypto-shredding, on request (``DELETE /customers/{id}``) and by schedule
+(``shopvault purge``).
+
+A customer's data is sealed under two data keys (``app/vault.py``): ``identity`` for the
+identity-verification record that 携帯電話不正利用防止法 makes the shop keep until 3 years
+after the last contract ended, and ``profile`` for everything else. Erasure deletes the profile
+key (every ciphertext under it becomes unreadable, in the database and in any backup), the rows
+that hang off the customer, the proofs of presence and the blind-index values, and keeps the
+identity key only while the law requires the record — then that key goes too. The customer row
+stays as the tombstone: id, when, under which rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.policy import RETAINED_AFTER_ERASURE, FieldGroup
+from app.retention.rules import IDENTITY_RECORD_RULE, add_years
+from app.retention.service import date_in_japan
+from app.rights import repository
+
+ON_REQUEST = "subject_request"
+
+
+class ContractStillActive(Exception):
+    """Erasure waits until every contract has ended (the record is needed while it runs)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Erased:
+    customer_id: str
+    identity_until: date | None  # None: nothing kept
+    groups: frozenset[FieldGroup]  # what was destroyed now
+
+
+def identity_kept_until(ends: list[tuple[str, date | None]], today: date) -> date | None:
+    """Until when the identity-verification record must be kept (None: not at all)."""
+    if any(status == "active" for status, _ in ends):
+        raise ContractStillActive()
+    ended = [day for _, day in ends if day is not None]
+    if not ended:
+        return None  # no contract, no record the law asks for
+    until = add_years(max(ended), IDENTITY_RECORD_RULE.years)
+    return until if until >= today else None
+
+
+async def erase(session: AsyncSession, customer_id: str, *, rule: str, now: datetime) -> Erased:
+    """Erase the customer now, keeping the identity record only while the law requires it."""
+    today = date_in_japan(now)
+    yesterday = today - timedelta(days=1)
+    until = identity_kept_until(list(await repository.contract_ends(session, customer_id)), today)
+    await repository.destroy_profile(session, customer_id, rule=rule, identity_until=until, now=now)
+    await repository.forms_due_now(session, customer_id, yesterday)
+    await repository.identity_forms_until(session, customer_id, until, yesterday)
+    if until is None:
+        await repository.destroy_identity(session, customer_id)
+        return Erased(customer_id, None, frozenset(FieldGroup))
+    return Erased(customer_id, until, frozenset(FieldGroup) - RETAINED_AFTER_ERASURE)
+
+
+async def dispose_identity(session: AsyncSession, customer_id: str) -> frozenset[FieldGroup]:
+    """The retained identity record of an erased customer, once its retention has ended."""
+    await repository.destroy_identity(session, customer_id)
+    return RETAINED_AFTER_ERASURE

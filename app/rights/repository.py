@@ -1,0 +1,177 @@
+"""What the customer's rights read and destroy: their consents, forms and messages for the
+export, their state, and the rows and keys erasure removes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.documents.rules import FormType
+from app.models import (
+    ConsentEvent,
+    Contract,
+    Customer,
+    CustomerKey,
+    Message,
+    PaperForm,
+    PresenceCode,
+    Store,
+    Visit,
+)
+
+MESSAGE_KIND = "message"
+# The forms that carry the identity-verification record: kept as long as the law says, even
+# after erasure (the others are due for disposal at once).
+IDENTITY_FORMS = (FormType.IDENTITY_COPY.value, FormType.APPLICATION.value)
+
+
+async def consent_history(
+    session: AsyncSession, customer_id: str
+) -> Sequence[tuple[ConsentEvent, str | None]]:
+    statement = (
+        select(ConsentEvent, Store.code)
+        .outerjoin(Store, Store.id == ConsentEvent.store_id)
+        .where(ConsentEvent.customer_id == customer_id)
+        .order_by(ConsentEvent.at, ConsentEvent.id)
+    )
+    return [(event, code) for event, code in (await session.execute(statement)).all()]
+
+
+async def forms_of(session: AsyncSession, customer_id: str) -> Sequence[tuple[PaperForm, str]]:
+    statement = (
+        select(PaperForm, Store.code)
+        .join(Store, Store.id == PaperForm.store_id)
+        .where(PaperForm.customer_id == customer_id)
+        .order_by(PaperForm.registered_at, PaperForm.id)
+    )
+    return [(form, code) for form, code in (await session.execute(statement)).all()]
+
+
+async def messages_of(session: AsyncSession, customer_id: str) -> Sequence[Message]:
+    statement = (
+        select(Message)
+        .where(Message.customer_id == customer_id, Message.kind == MESSAGE_KIND)
+        .order_by(Message.created_at, Message.id)
+    )
+    return (await session.execute(statement)).scalars().all()
+
+
+async def lock_state(session: AsyncSession, customer_id: str) -> str | None:
+    """The customer's state, with the row locked for the change that follows."""
+    statement = select(Customer.state).where(Customer.id == customer_id).with_for_update()
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def set_state(session: AsyncSession, customer_id: str, state: str) -> None:
+    await session.execute(update(Customer).where(Customer.id == customer_id).values(state=state))
+
+
+async def contract_ends(
+    session: AsyncSession, customer_id: str
+) -> Sequence[tuple[str, date | None]]:
+    statement = select(Contract.status, Contract.ended_on).where(
+        Contract.customer_id == customer_id
+    )
+    return [(status, ended) for status, ended in (await session.execute(statement)).all()]
+
+
+async def destroy_profile(
+    session: AsyncSession,
+    customer_id: str,
+    *,
+    rule: str,
+    identity_until: date | None,
+    now: datetime,
+) -> None:
+    """Everything but the identity-verification record: the profile key (its ciphertexts,
+    messages included, are unreadable from now on, in every copy), the rows that hang off the
+    customer, the proofs of presence, the blind-index values, visit notes and symptoms."""
+    await session.execute(
+        delete(CustomerKey).where(
+            CustomerKey.customer_id == customer_id, CustomerKey.scope == "profile"
+        )
+    )
+    await session.execute(delete(PresenceCode).where(PresenceCode.customer_id == customer_id))
+    await session.execute(delete(Message).where(Message.customer_id == customer_id))
+    await session.execute(delete(ConsentEvent).where(ConsentEvent.customer_id == customer_id))
+    await session.execute(delete(Contract).where(Contract.customer_id == customer_id))
+    await session.execute(
+        update(Visit)
+        .where(Visit.customer_id == customer_id)
+        .values(notes_enc=None, repair_symptom_enc=None)
+    )
+    await session.execute(
+        update(Customer)
+        .where(Customer.id == customer_id)
+        .values(
+            state="erased",
+            erased_at=now,
+            erasure_rule=rule,
+            identity_retain_until=identity_until,
+            # Emptied, not kept: the columns cannot be null, and nothing reads an erased value.
+            phone_enc=b"",
+            email_enc=None,
+            phone_bidx="",
+            email_bidx=None,
+            kana_birth_bidx="",
+            proof_salt=None,
+            pin_hash=None,
+            document_hash=None,
+            marketing_email=False,
+            marketing_sms=False,
+        )
+    )
+
+
+async def destroy_identity(session: AsyncSession, customer_id: str) -> None:
+    """The identity-verification record, once the law no longer requires it: its key and its
+    values. What remains is the tombstone (id, when, rule)."""
+    await session.execute(
+        delete(CustomerKey).where(
+            CustomerKey.customer_id == customer_id, CustomerKey.scope == "identity"
+        )
+    )
+    await session.execute(
+        update(Customer)
+        .where(Customer.id == customer_id)
+        .values(
+            name_enc=b"",
+            name_kana_enc=b"",
+            date_of_birth_enc=b"",
+            postal_code_enc=b"",
+            address_enc=b"",
+            document_number_enc=None,
+            identity_retain_until=None,
+        )
+    )
+
+
+async def forms_due_now(session: AsyncSession, customer_id: str, yesterday: date) -> None:
+    """Forms that do not carry the identity-verification record: due for disposal from today."""
+    await session.execute(
+        update(PaperForm)
+        .where(
+            PaperForm.customer_id == customer_id,
+            PaperForm.disposed_at.is_(None),
+            PaperForm.form_type.not_in(IDENTITY_FORMS),
+        )
+        .values(retain_until=yesterday, retention_rule="erasure")
+    )
+
+
+async def identity_forms_until(
+    session: AsyncSession, customer_id: str, until: date | None, yesterday: date
+) -> None:
+    """The identity forms follow the record: kept until ``until`` (due from today if None)."""
+    await session.execute(
+        update(PaperForm)
+        .where(
+            PaperForm.customer_id == customer_id,
+            PaperForm.disposed_at.is_(None),
+            PaperForm.form_type.in_(IDENTITY_FORMS),
+        )
+        .values(retain_until=until or yesterday)
+    )
