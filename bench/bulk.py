@@ -131,6 +131,7 @@ class Writer:
 
     def write(self, grouped: dict[Table, list[dict[str, Any]]]) -> None:
         ordered = [t for t in Base.metadata.sorted_tables if grouped.get(t)]
+        ordered += [t for t in grouped if grouped[t] and t not in ordered]  # the bare app's
         if self.sqlite:
             with self._engine.begin() as connection:
                 for table in ordered:
@@ -164,6 +165,15 @@ def writer(url: str) -> Iterator[Writer]:
         yield w
     finally:
         w.close()
+
+
+def count_events(url: str) -> int:
+    engine = create_sync_engine(url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(text("SELECT count(*) FROM access_event")).scalar_one())
+    finally:
+        engine.dispose()
 
 
 def analyze(url: str) -> None:
