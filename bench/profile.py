@@ -8,10 +8,11 @@ Run::
 The world of ``make bench`` (a fresh PostgreSQL database, ``--customers`` customers seeded in
 bulk, each within an open visit, with a contract) is served by uvicorn; while the load generator
 reads random customers as ``sales`` (purpose ``contract``), ``py-spy record --subprocesses``
-samples every server process. Each sample (a whole stack) is put into one bucket — the first
-rule of ``BUCKETS`` that one of its frames matches, so that e.g. the SQL of the event append
-counts as the event append, not as statement building — and each bucket's share of the samples
-is turned into CPU milliseconds per answered request with the servers' measured CPU time.
+samples every server process (the thread holding the GIL: the one doing Python work). Each sample
+(a whole stack) goes into one bucket: the first of ``STEPS`` that any of its frames is in (so
+that the SQL of the event append counts as the event append), else the ``LAYERS`` bucket of its
+innermost frame that has one. Each bucket's share of the samples becomes CPU milliseconds per
+answered request with the servers' measured CPU time.
 
 Before the load, the same read (and the bare app's) is made in process a few hundred times with
 the engine's events counted: round trips per request (BEGIN, statements, COMMIT), and the time
@@ -54,39 +55,58 @@ from bench.seed import ROOT, bench_database, environment, read_headers, seed_wor
 
 OUT = ROOT / "bench" / "results"
 
-# (bucket, substrings of a frame): a sample goes to the first bucket one of its frames matches.
-BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
+# Where a request's CPU goes. A sample belongs to the first of these steps that any of its frames
+# is in (so the SQL of the event append counts as the append) ...
+STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("alert evaluation (after the answer)", ("app/audit/alerts.py",)),
     ("checkpoints (periodic)", ("app/audit/integrity.py", "app/audit/checkpoints.py")),
     (
         "event append: seal, INSERT, COMMIT",
-        ("app/audit/repository.py", "app/audit/chain.py", "UnitOfWork.commit"),
+        ("UnitOfWork.commit (", "app/audit/repository.py"),
     ),
     ("JWT decoding and checks", ("jose/", "app/auth/tokens.py")),
-    ("decryption (keys, fields)", ("app/crypto.py", "app/vault.py", "cryptography/")),
-    (
-        "response: validation + JSON",
-        ("serialize_response", "pydantic", "json/", "JSONResponse", "_prepare_response_content"),
-    ),
+    ("decryption (data keys, fields)", ("app/crypto.py", "app/vault.py", "cryptography/")),
+    ("response: validation + JSON", ("serialize_response", "JSONResponse", "render (")),
+)
+# ... and otherwise to the layer of its innermost frame that is in one of these.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("logging (structured log lines)", ("logging/", "app/logs.py")),
     ("asyncpg driver (round trips' CPU)", ("asyncpg/",)),
     (
         "SQLAlchemy: statement building (compile, cache keys)",
-        ("sqlalchemy/sql/compiler.py", "sqlalchemy/sql/cache_key.py", "sqlalchemy/sql/elements.py"),
+        ("sqlalchemy/sql/compiler.py", "sqlalchemy/sql/cache_key.py", "sqlalchemy/sql/traversals"),
     ),
-    ("SQLAlchemy: execution, ORM rows", ("sqlalchemy/",)),
+    ("SQLAlchemy: execution, ORM rows, session", ("sqlalchemy/",)),
+    ("pydantic: request models, headers", ("pydantic",)),
     ("app code (policy, access pipeline, views)", ("app/",)),
-    ("FastAPI dependency resolution", ("fastapi/dependencies/", "solve_dependencies")),
-    ("framework: FastAPI/Starlette routing, middleware", ("fastapi/", "starlette/")),
+    ("FastAPI dependency resolution", ("fastapi/dependencies/",)),
+    ("framework: FastAPI/Starlette routing, middleware", ("fastapi/", "starlette/", "anyio/")),
     ("HTTP server: uvicorn, httptools", ("uvicorn/", "httptools", "h11")),
-    ("event loop, other", ("",)),
 )
+OTHER = "event loop, other"
+BUCKETS = (*(name for name, _ in STEPS), *(name for name, _ in LAYERS), OTHER)
 
 
 def bucket_of(frames: Sequence[str]) -> str:
-    for name, needles in BUCKETS:
+    for name, needles in STEPS:
         if any(needle in frame for frame in frames for needle in needles):
             return name
-    return BUCKETS[-1][0]
+    for frame in reversed(frames):
+        for name, needles in LAYERS:
+            if any(needle in frame for needle in needles):
+                return name
+    return OTHER
+
+
+# A thread parked here is waiting, not working (py-spy does not always tell).
+IDLE_LEAVES = (
+    "Condition.wait",
+    "Queue.get",
+    "Connection._recv",
+    "select (",
+    "_run_once",
+    "_worker (concurrent/futures/thread.py",
+)
 
 
 def read_raw(path: Path) -> Counter[str]:
@@ -94,8 +114,9 @@ def read_raw(path: Path) -> Counter[str]:
     samples: Counter[str] = Counter()
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if stack:
-            samples[bucket_of(stack.split(";"))] += int(count)
+        frames = stack.split(";")
+        if stack and not frames[-1].startswith(("process ", *IDLE_LEAVES)):
+            samples[bucket_of(frames)] += int(count)
     return samples
 
 
@@ -261,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             "share": round(samples[name] / total, 4),
             "cpu_ms_per_request": round(cpu_per_ok * samples[name] / total, 3),
         }
-        for name, _ in BUCKETS
+        for name in BUCKETS
         if samples[name]
     ]
     report = {
