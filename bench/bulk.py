@@ -40,7 +40,7 @@ from app.audit.repository import _Chain, _rows
 from app.config import Settings
 from app.crypto import FieldCipher, KeyScope
 from app.customers.catalogue import seal_contract_field
-from app.customers.schemas import CustomerCreate
+from app.customers.schemas import ConsentsIn, CustomerCreate, IdentityDocumentIn
 from app.customers.service import add_customer
 from app.db import create_sync_engine, is_sqlite
 from app.keys import load_keys
@@ -61,6 +61,7 @@ from app.models.base import new_id
 from app.policy import Purpose, Role, rule_for
 from app.presence.proofs import weak_pin_reason
 from app.runtime import Runtime
+from app.validation.documents import DocumentType
 from app.visits.rules import VisitType, auto_close_at
 
 CHUNK = 5_000  # rows built and written per transaction
@@ -213,15 +214,21 @@ def analyze(url: str) -> None:
 
 
 @cache
-def _pools() -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[str], list[str]]:
-    """Entirely synthetic names and addresses (Faker ja_JP), drawn once and combined by index."""
+def _pools() -> tuple[list[tuple[str, str]], list[str], list[str]]:
+    """Entirely synthetic names (with their kana) and addresses (Faker ja_JP), drawn once and
+    combined by index with the values each customer has of their own."""
     faker = Faker("ja_JP")
     faker.seed_instance(12)
-    families = [faker.last_name_pair()[:2] for _ in range(300)]
-    givens = [faker.first_name_pair()[:2] for _ in range(300)]
+    names = []
+    for _ in range(2_000):
+        (family, family_kana), (given, given_kana) = (
+            faker.last_name_pair()[:2],
+            faker.first_name_pair()[:2],
+        )
+        names.append((f"{family} {given}", f"{family_kana} {given_kana}"))
     addresses = [faker.address().replace("\n", " ")[:100] for _ in range(500)]
-    postal = [faker.zipcode() for _ in range(500)]
-    return families, givens, addresses, postal
+    postal = [faker.zipcode() for _ in range(499)]
+    return names, addresses, postal
 
 
 def phone_of(index: int) -> str:
@@ -232,9 +239,8 @@ def phone_of(index: int) -> str:
 
 def customer_body(index: int) -> dict[str, Any]:
     rng = random.Random(index)
-    families, givens, addresses, postal = _pools()
-    family, family_kana = families[index % len(families)]
-    given, given_kana = givens[(index // len(families)) % len(givens)]
+    names, addresses, postal = _pools()
+    name, kana = names[index % len(names)]
     birth = date(1940, 1, 1) + timedelta(days=rng.randrange(365 * 65))
     phone = phone_of(index)
     e164 = "+81" + phone.replace("-", "")[1:]
@@ -242,8 +248,8 @@ def customer_body(index: int) -> dict[str, Any]:
     while weak_pin_reason(pin, date_of_birth=birth, phone_e164=e164) is not None:
         pin = f"{rng.randrange(10_000):04d}"
     return {
-        "name": f"{family} {given}",
-        "name_kana": f"{family_kana} {given_kana}",
+        "name": name,
+        "name_kana": kana,
         "date_of_birth": birth.isoformat(),
         "postal_code": postal[index % len(postal)],
         "address": addresses[index % len(addresses)],
@@ -253,6 +259,47 @@ def customer_body(index: int) -> dict[str, Any]:
         "consents": {"marketing_email": index % 2 == 0, "marketing_sms": index % 3 == 0},
         "pin": pin,
     }
+
+
+POOLED = ("name", "name_kana", "postal_code", "address")
+CHECK_EVERY = 997  # a constructed body is compared with the schema's own result this often
+
+
+class Bodies:
+    """Registration bodies as ``CustomerCreate`` makes them. The schema validates every body
+    whose pooled values (name, kana, address, postal code) it has not seen yet; the others are
+    put together from the values it answered before and the per-customer values in the form it
+    gives them (phone in E.164, the rest as generated) — and compared with the schema's own
+    result every ``CHECK_EVERY`` customers, so that a change of the schema cannot go unseen."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], Any] = {}
+
+    def make(self, index: int) -> tuple[dict[str, Any], CustomerCreate]:
+        raw = customer_body(index)
+        try:
+            pooled = {name: self._seen[(name, raw[name])] for name in POOLED}
+        except KeyError:
+            body = CustomerCreate.model_validate(raw)
+            self._seen.update({(name, raw[name]): getattr(body, name) for name in POOLED})
+            return raw, body
+        document = raw["identity_document"]
+        body = CustomerCreate.model_construct(
+            **pooled,
+            date_of_birth=date.fromisoformat(raw["date_of_birth"]),
+            phone="+81" + raw["phone"].replace("-", "")[1:],
+            email=raw["email"],
+            identity_document=IdentityDocumentIn.model_construct(
+                type=DocumentType(document["type"]), number=document["number"]
+            ),
+            consents=ConsentsIn.model_construct(**raw["consents"]),
+            pin=raw["pin"],
+        )
+        if index % CHECK_EVERY == 0:
+            expected = CustomerCreate.model_validate(raw).model_dump()
+            if body.model_dump() != expected:
+                raise RuntimeError("bench.bulk.Bodies no longer builds what CustomerCreate does")
+        return raw, body
 
 
 class _Collector:
@@ -333,9 +380,9 @@ async def _build(
     seeded: list[Seeded] = []
     hours = runtime.settings.visit_auto_close_hours
     registered = now - timedelta(days=365 * 6) if cohort.due else now - timedelta(days=30)
+    bodies = Bodies()
     for index in range(start, start + count):
-        raw = customer_body(index)
-        body = CustomerCreate.model_validate(raw)
+        raw, body = bodies.make(index)
         visit_id = new_id()
         customer, ciphers = await add_customer(
             work,  # type: ignore[arg-type]
