@@ -18,8 +18,9 @@ Before the load, the same read (and the bare app's) is made in process a few hun
 the engine's events counted: round trips per request (BEGIN, statements, COMMIT), and the time
 of one round trip on this machine (``SELECT 1``).
 
-Writes ``bench/results/profile.json`` and the raw stacks (``profile-raw.txt``: one stack per line,
-for flamegraph.pl or speedscope) next to it.
+``--bare`` profiles the bare app's read the same way (the floor). Writes
+``bench/results/profile.json`` (``profile-bare.json``) and the raw stacks next to it
+(``profile-raw.txt``: one stack per line, for flamegraph.pl or speedscope).
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ from sqlalchemy.engine import Engine
 from app.db import async_url
 from app.main import create_app
 from bench import bulk
-from bench.bare_app import create_bare_app, create_bare_tables
+from bench.bare_app import URL_ENV, create_bare_app, create_bare_tables
 from bench.measure import load
 from bench.run import DEFAULT_POSTGRES_URL, POSTGRES_ENV
 from bench.scenarios import LOAD_SETTINGS, read_target, start
 from bench.seed import ROOT, bench_database, environment, read_headers, seed_world
+from bench.serve import Target
 
 OUT = ROOT / "bench" / "results"
 
@@ -216,6 +218,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--customers", type=int, default=20_000)
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--requests", type=int, default=200, help="in-process, for round trips")
+    p.add_argument(
+        "--bare", action="store_true", help="profile the bare app's read instead (the floor)"
+    )
     p.add_argument("--out", type=Path, default=OUT)
     return p.parse_args(argv)
 
@@ -230,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
 
     base = os.environ.get(POSTGRES_ENV) or DEFAULT_POSTGRES_URL
     args.out.mkdir(parents=True, exist_ok=True)
-    raw = args.out / "profile-raw.txt"
+    name = "profile-bare" if args.bare else "profile"
+    raw = args.out / f"{name}-raw.txt"
     with ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shopvault-prof-")))
         url = stack.enter_context(bench_database(base))
@@ -246,7 +252,19 @@ def main(argv: list[str] | None = None) -> int:
         trips = round_trips(env, world, customers, args.requests)
         print(f"bench.profile: round trips per request: {trips}")
         target = read_target("profiled-read", world, customers)
-        start(stack, scratch, target, env, args.workers)
+        server_env = env
+        if args.bare:
+            ids = bulk.seed_bare_customers(url, len(customers))
+            target = Target(
+                "profiled-bare",
+                "bench.bare_app:app",
+                target.port,
+                target.path,
+                target.headers,
+                targets=[(b, c.visit_id or "") for b, c in zip(ids, customers, strict=True)],
+            )
+            server_env = {URL_ENV: url}
+        start(stack, scratch, target, server_env, args.workers)
         if args.warmup:
             load(target, seconds=args.warmup, connections=args.connections, scratch=scratch)
         spying = subprocess.Popen(
@@ -293,13 +311,13 @@ def main(argv: list[str] | None = None) -> int:
         "buckets": rows,
         "round_trips": trips,
     }
-    (args.out / "profile.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     print(f"load: {measured.summary()}")
     print(f"{'where':<56} {'share':>6} {'CPU ms/req':>10}")
     for row in rows:
         print(f"{row['bucket']:<56} {row['share']:>6.1%} {row['cpu_ms_per_request']:>10}")
     print(f"{'all (server CPU per answered request)':<56} {1:>6.0%} {round(cpu_per_ok, 3):>10}")
-    print(f"bench.profile: wrote {args.out / 'profile.json'} and {raw}")
+    print(f"bench.profile: wrote {args.out / (name + '.json')} and {raw}")
     return 0
 
 
