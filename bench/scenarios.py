@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from bench.bare_app import URL_ENV
 from bench.measure import Measurement, load, pooled
 from bench.outbox_sink import Sink
 from bench.seed import ROOT, World, read_headers
-from bench.serve import Target, check_answer, child_env, free_port, serve
+from bench.serve import Target, check_answer, child_env, free_port, serve, session_cpu_seconds
 
 # Settings of the served app for load: one member stands for a chain's staff, so the per-caller
 # limits and the bulk-read alert (which would rightly fire for one person reading thousands of
@@ -226,6 +227,7 @@ def outbox(
             "SHOPVAULT_SMTP_PORT": str(sink.port),
         }
         started = time.monotonic()
+        sink_cpu = resource.getrusage(resource.RUSAGE_SELF)
         processes = []
         with ExitStack() as stack:
             for n in range(workers):
@@ -241,6 +243,7 @@ def outbox(
                     )
                 )
             statuses: dict[str, int] = {}
+            workers_cpu = 0.0
             try:
                 while time.monotonic() - started < timeout:
                     time.sleep(0.5)
@@ -249,6 +252,7 @@ def outbox(
                         break
                     if any(p.poll() is not None for p in processes):
                         break
+                workers_cpu = sum(session_cpu_seconds(p.pid) for p in processes)
             finally:
                 for process in processes:
                     if process.poll() is None:
@@ -260,6 +264,8 @@ def outbox(
                         os.killpg(process.pid, signal.SIGKILL)
                         process.wait(10)
         wall = time.monotonic() - started
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        sink_seconds = used.ru_utime + used.ru_stime - sink_cpu.ru_utime - sink_cpu.ru_stime
         tally = sink.tally
         received, duplicates = tally.received, tally.duplicates
         span = (tally.last - tally.first) if tally.first is not None and tally.last else 0.0
@@ -274,6 +280,9 @@ def outbox(
         "seconds_wall": round(wall, 2),
         "messages_per_s": round(rate, 1) if rate is not None else None,
         "completed": received >= len(ids),
+        # Where the CPU went: the workers' processes, and this process (the sink, mostly).
+        "workers_cpu_ms_per_message": round(workers_cpu * 1000 / received, 3) if received else None,
+        "sink_cpu_ms_per_message": round(sink_seconds * 1000 / received, 3) if received else None,
         "loadavg": loadavg(),
     }
 
