@@ -24,7 +24,7 @@ from sqlalchemy import bindparam, text
 
 from app.db import create_sync_engine
 from bench import bulk
-from bench.bare_app import URL_ENV
+from bench.bare_app import URL_ENV, create_bare_tables
 from bench.measure import Measurement, load, pooled
 from bench.outbox_sink import Sink
 from bench.seed import ROOT, World, read_headers
@@ -104,8 +104,6 @@ def audited_read(
 ) -> dict[str, Any]:
     """The audited read against the bare app, ``rounds`` alternating rounds, same load."""
     url = env["SHOPVAULT_DATABASE_URL"]
-    from bench.bare_app import create_bare_tables
-
     create_bare_tables(url)
     bare_ids = bulk.seed_bare_customers(url, len(customers))
     bulk.analyze(url)
