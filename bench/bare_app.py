@@ -63,6 +63,7 @@ def create_bare_app(url: str) -> FastAPI:
         await engine.dispose()
 
     app = FastAPI(title="bench-bare", lifespan=lifespan)
+    app.state.engine = engine
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -1,5 +1,10 @@
 """The load generator: ``python -m bench.load --port N --path /x --seconds S --connections C``.
 
+With ``--targets FILE`` (one line per target, its values separated by tabs), ``{0}``, ``{1}``, …
+in ``--path``, the ``--header`` values and ``--body`` are replaced by the values of a target
+drawn at random for each request (random customers out of many); ``--method POST --body JSON``
+sends a JSON body.
+
 A process of its own (it shares no GIL with the servers), asyncio over raw keep-alive HTTP/1.1
 connections: write the request bytes, read the head up to the blank line, read
 ``Content-Length`` bytes. Far cheaper per request than an HTTP client library, so that the
@@ -19,6 +24,8 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import random
+import re
 import sys
 import time
 from array import array
@@ -42,9 +49,50 @@ class Tally:
         return bad_status + sum(self.failures.values())
 
 
-def build_request(host: str, port: int, path: str, headers: list[str]) -> bytes:
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", *headers, "", ""]
-    return "\r\n".join(lines).encode("latin-1")
+def build_request(
+    host: str, port: int, path: str, headers: list[str], method: str = "GET", body: str = ""
+) -> bytes:
+    payload = body.encode()
+    if payload:
+        headers = [*headers, "Content-Type: application/json", f"Content-Length: {len(payload)}"]
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", *headers, "", ""]
+    return "\r\n".join(lines).encode("latin-1") + payload
+
+
+_PLACE = re.compile(r"\{(\d+)\}")
+
+
+class Requests:
+    """The request bytes to send next: always the same, or built for a random target."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        path: str,
+        headers: list[str],
+        *,
+        method: str = "GET",
+        body: str = "",
+        targets: list[list[str]] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self._parts = (host, port, path, headers, method, body)
+        self._targets = targets
+        self._rng = random.Random(seed)
+        self._fixed = None if targets else build_request(host, port, path, headers, method, body)
+
+    def next(self) -> bytes:
+        if self._fixed is not None:
+            return self._fixed
+        assert self._targets
+        values = self._rng.choice(self._targets)
+
+        def fill(text: str) -> str:
+            return _PLACE.sub(lambda m: values[int(m.group(1))], text)
+
+        host, port, path, headers, method, body = self._parts
+        return build_request(host, port, fill(path), [fill(h) for h in headers], method, fill(body))
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
@@ -69,7 +117,7 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
 
 
 async def connection_loop(
-    host: str, port: int, request: bytes, deadline: float, tally: Tally
+    host: str, port: int, requests: Requests, deadline: float, tally: Tally
 ) -> None:
     writer: asyncio.StreamWriter | None = None
     try:
@@ -81,6 +129,7 @@ async def connection_loop(
                     tally.failures["connect"] += 1
                     await asyncio.sleep(CONNECT_RETRY_SECONDS)
                     continue
+            request = requests.next()
             started = time.perf_counter()
             try:
                 writer.write(request)
@@ -106,13 +155,13 @@ async def connection_loop(
 
 
 async def run_load(
-    host: str, port: int, request: bytes, *, connections: int, seconds: float
+    host: str, port: int, requests: Requests, *, connections: int, seconds: float
 ) -> tuple[Tally, float]:
     tally = Tally()
     started = time.monotonic()
     deadline = started + seconds
     tasks = [
-        asyncio.create_task(connection_loop(host, port, request, deadline, tally))
+        asyncio.create_task(connection_loop(host, port, requests, deadline, tally))
         for _ in range(connections)
     ]
     _done, pending = await asyncio.wait(tasks, timeout=seconds + GRACE_SECONDS)
@@ -134,6 +183,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--path", required=True)
     parser.add_argument("--header", action="append", default=[], help="'Name: value'")
+    parser.add_argument("--method", default="GET", choices=["GET", "POST"])
+    parser.add_argument("--body", default="", help="a JSON body (with --method POST)")
+    parser.add_argument("--targets", help="file: one target per line, its values tab-separated")
+    parser.add_argument("--seed", type=int, default=None, help="for the choice of targets")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--out", required=True, help="file for the latencies (doubles)")
@@ -142,9 +195,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    request = build_request(args.host, args.port, args.path, args.header)
+    targets = None
+    if args.targets:
+        with open(args.targets, encoding="utf-8") as handle:
+            targets = [line.rstrip("\n").split("\t") for line in handle if line.strip()]
+    requests = Requests(
+        args.host,
+        args.port,
+        args.path,
+        args.header,
+        method=args.method,
+        body=args.body,
+        targets=targets,
+        seed=args.seed,
+    )
     coroutine = run_load(
-        args.host, args.port, request, connections=args.connections, seconds=args.seconds
+        args.host, args.port, requests, connections=args.connections, seconds=args.seconds
     )
     try:
         import uvloop

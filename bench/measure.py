@@ -40,7 +40,7 @@ class Measurement:
 
     def summary(self) -> dict[str, float | int]:
         return {
-            "requests_per_second": round(self.rate, 1),
+            "rps": round(self.rate, 1),
             "p50_ms": round(self.percentile(0.50) * 1000, 2),
             "p99_ms": round(self.percentile(0.99) * 1000, 2),
             "ok": self.ok,
@@ -94,6 +94,13 @@ def load(target: Target, *, seconds: float, connections: int, scratch: Path) -> 
     ]
     for name, value in target.headers.items():
         command += ["--header", f"{name}: {value}"]
+    if target.method != "GET":
+        command += ["--method", target.method, "--body", target.body]
+    if target.targets:
+        targets = scratch / f"targets-{target.name}.tsv"
+        if not targets.exists():
+            targets.write_text("".join("\t".join(t) + "\n" for t in target.targets))
+        command += ["--targets", str(targets)]
     cpu_before = session_cpu_seconds(target.session)
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(

@@ -1,7 +1,7 @@
-"""The benchmark's world: a fresh database, migrated, with one store, one ``sales`` member, and
-one customer registered within an open visit, all made through the real API (the first admin
-and the auditor who approves the admin's changes through the real CLI, as an operator would make
-them)."""
+"""The benchmark's world: a fresh database, migrated, with one store, a ``sales`` member and a
+``manager``, made through the real API (the first admin and the auditor who approves the admin's
+changes through the real CLI, as an operator would make them). Customers in numbers come from
+``bench.bulk``; ``seed_real`` registers one through the API (``bench.login_burst``)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ STORE_CODE = "B001"
 ADMIN_LOGIN = "bench-admin"
 AUDITOR_LOGIN = "bench-auditor"
 SALES_LOGIN = "bench-sales"
+MANAGER_LOGIN = "bench-manager"
 TERMINAL = "POS-BENCH-01"
 TOKEN_TTL_SECONDS = 3600  # outlives any run; the token is issued once, before the load
 
@@ -47,6 +48,7 @@ CUSTOMER = {
     "email": "bench@example.jp",
     "identity_document": {"type": "drivers_license", "number": "123456789012"},
     "consents": {"marketing_email": False, "marketing_sms": True},
+    "pin": "5837",
 }
 
 
@@ -116,51 +118,98 @@ def _create_operator_account(env: dict[str, str], command: str, login: str, pass
     )
 
 
-def seed_real(env: dict[str, str]) -> RealTarget:
-    """Migrate, then build the world through the CLI and the HTTP API; returns the hot read."""
+@dataclass(frozen=True)
+class Member:
+    """A store employee as a POS terminal holds them: id, login and a token."""
+
+    id: str
+    login: str
+    token: str
+
+    @property
+    def authorization(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@dataclass(frozen=True)
+class World:
+    store_id: str
+    store_code: str
+    sales: Member
+    manager: Member
+
+
+def _member(
+    client: TestClient, admin: dict[str, str], auditor: dict[str, str], login: str, role: str
+) -> Member:
+    """Created by the admin, approved by the auditor, its own password set at first login."""
+    temporary_password = secrets.token_urlsafe(18)
+    password = secrets.token_urlsafe(18)
+    member = {
+        "login": login,
+        "display_name": f"ベンチ {role}",
+        "role": role,
+        "store": STORE_CODE,
+        "password": temporary_password,
+    }
+    staff = _expect(client.post("/staff", json=member, headers=admin), 201, "create staff")
+    approval = client.post(f"/staff/{staff['id']}/approve", headers=auditor)
+    _expect(approval, 200, "approve staff")
+    temporary = _login(client, login, temporary_password, terminal=TERMINAL)
+    change = {"current": temporary_password, "new": password}
+    changed = client.post(
+        "/auth/password", json=change, headers={"Authorization": f"Bearer {temporary}"}
+    )
+    token = _expect(changed, 200, "set own password")["access_token"]
+    return Member(id=staff["id"], login=login, token=str(token))
+
+
+def seed_world(env: dict[str, str]) -> World:
+    """Migrate; the first admin and the auditor through the CLI; a store, a ``sales`` member and
+    a ``manager`` through the HTTP API (each approved by the auditor)."""
     migrate.upgrade(env["SHOPVAULT_DATABASE_URL"])
     admin_password = secrets.token_urlsafe(18)
     auditor_password = secrets.token_urlsafe(18)
-    temporary_password = secrets.token_urlsafe(18)
-    sales_password = secrets.token_urlsafe(18)
     _create_operator_account(env, "create-admin", ADMIN_LOGIN, admin_password)
     _create_operator_account(env, "create-auditor", AUDITOR_LOGIN, auditor_password)
-    settings = Settings.model_validate(
-        {key.removeprefix("SHOPVAULT_").lower(): value for key, value in env.items()}
-    )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings_of(env))) as client:
         admin = {"Authorization": f"Bearer {_login(client, ADMIN_LOGIN, admin_password)}"}
         store = {
             "code": STORE_CODE,
             "name": "ベンチ店",
             "opening_hours": {"open": "00:00", "close": "23:59"},
         }
-        _expect(client.post("/stores", json=store, headers=admin), 201, "create store")
-        member = {
-            "login": SALES_LOGIN,
-            "display_name": "ベンチ 販売",
-            "role": "sales",
-            "store": STORE_CODE,
-            "password": temporary_password,
-        }
-        staff = _expect(client.post("/staff", json=member, headers=admin), 201, "create staff")
+        created = _expect(client.post("/stores", json=store, headers=admin), 201, "create store")
         auditor = {"Authorization": f"Bearer {_login(client, AUDITOR_LOGIN, auditor_password)}"}
-        approval = client.post(f"/staff/{staff['id']}/approve", headers=auditor)
-        _expect(approval, 200, "approve staff")
-        temporary = _login(client, SALES_LOGIN, temporary_password, terminal=TERMINAL)
-        change = {"current": temporary_password, "new": sales_password}
-        changed = client.post(
-            "/auth/password", json=change, headers={"Authorization": f"Bearer {temporary}"}
-        )
-        token = _expect(changed, 200, "set own password")["access_token"]
-        sales = {"Authorization": f"Bearer {token}"}
+        sales = _member(client, admin, auditor, SALES_LOGIN, "sales")
+        manager = _member(client, admin, auditor, MANAGER_LOGIN, "manager")
+    return World(created["id"], STORE_CODE, sales, manager)
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    return Settings.model_validate(
+        {key.removeprefix("SHOPVAULT_").lower(): value for key, value in env.items()}
+    )
+
+
+def read_headers(member: Member, visit_id: str) -> dict[str, str]:
+    """What a POS terminal sends to read a customer within a visit (purpose ``contract``)."""
+    return {**member.authorization, "X-Access-Purpose": "contract", "X-Visit-Id": visit_id}
+
+
+def seed_real(env: dict[str, str]) -> RealTarget:
+    """The world, and one customer registered within an open visit through the API; returns the
+    hot read of that customer."""
+    world = seed_world(env)
+    with TestClient(create_app(settings_of(env))) as client:
+        sales = world.sales.authorization
         visit = _expect(
             client.post("/visits", json={"type": "new_contract"}, headers=sales), 201, "visit"
         )
-        read_headers = {**sales, "X-Access-Purpose": "contract", "X-Visit-Id": visit["id"]}
+        headers = read_headers(world.sales, visit["id"])
         customer = _expect(
-            client.post("/customers", json=CUSTOMER, headers=read_headers), 201, "customer"
+            client.post("/customers", json=CUSTOMER, headers=headers), 201, "customer"
         )
-        target = RealTarget(path=f"/customers/{customer['id']}", headers=read_headers)
+        target = RealTarget(path=f"/customers/{customer['id']}", headers=headers)
         _expect(client.get(target.path, headers=target.headers), 200, "read the customer")
     return target

@@ -26,12 +26,31 @@ STOP_SECONDS = 15.0
 
 @dataclass
 class Target:
+    """What the load generator sends to a served app: ``{0}``, ``{1}``, … in the path, the
+    header values and the body stand for the values of a target drawn at random from
+    ``targets`` (see ``bench.load``)."""
+
     name: str
     app: str
     port: int
     path: str
     headers: dict[str, str]
+    method: str = "GET"
+    body: str = ""
+    targets: list[tuple[str, ...]] | None = None
     session: int = 0  # the session id of its server's processes, once started
+
+    def first(self) -> tuple[str, dict[str, str], str]:
+        """The first target's path, headers and body (a request made by hand)."""
+        values = self.targets[0] if self.targets else ()
+
+        def fill(text: str) -> str:
+            for i, value in enumerate(values):
+                text = text.replace(f"{{{i}}}", value)
+            return text
+
+        headers = {name: fill(value) for name, value in self.headers.items()}
+        return fill(self.path), headers, fill(self.body)
 
 
 def free_port() -> int:
@@ -121,8 +140,15 @@ def serve(
 
 
 def check_answer(target: Target) -> None:
-    """One request by hand: the load must measure successful reads, not fast refusals."""
-    url = f"http://{HOST}:{target.port}{target.path}"
-    response = httpx.get(url, headers=target.headers, timeout=10)
-    if response.status_code != 200 or "id" not in response.json():
+    """One request by hand: the load must measure successful answers, not fast refusals (a
+    read answers the record, a search finds its customer)."""
+    path, headers, body = target.first()
+    url = f"http://{HOST}:{target.port}{path}"
+    if target.method == "POST":
+        headers = {**headers, "Content-Type": "application/json"}
+        response = httpx.post(url, headers=headers, content=body.encode(), timeout=10)
+    else:
+        response = httpx.get(url, headers=headers, timeout=10)
+    answer = response.json() if response.status_code == 200 else {}
+    if "id" not in answer and not answer.get("items"):
         raise RuntimeError(f"{target.name}: {response.status_code} {response.text[:300]}")

@@ -250,7 +250,9 @@ def test_argon2_never_runs_under_a_database_lock(
 
     settle()
     assert client.post("/auth/token", data=_form(cast.SALES.login, "wrong")).status_code == 401
+    settle()
     assert client.post("/auth/token", data=_form("nobody", "wrong")).status_code == 401
+    settle()
     changed = client.post(
         "/auth/password",
         json={"current": cast.SALES.password, "new": "a-brand-new-passphrase"},
