@@ -110,26 +110,11 @@ def event_out(row: EventRow) -> AccessEventOut:
 
 
 def alert_out(alert: Alert) -> AlertOut:
-    return AlertOut(
-        id=alert.id,
-        rule=alert.rule,
-        actor=alert.actor,
-        store=alert.store,
-        status=alert.status,
-        first_at=alert.first_at,
-        last_at=alert.last_at,
-        count=alert.count,
-    )
+    return AlertOut.model_validate(alert, from_attributes=True)
 
 
 def review_out(review: AccessReview) -> ReviewOut:
-    return ReviewOut(
-        event_id=review.event_id,
-        decision=review.decision,
-        note=review.note,
-        reviewed_by=review.reviewed_by,
-        reviewed_at=review.reviewed_at,
-    )
+    return ReviewOut.model_validate(review, from_attributes=True)
 
 
 def _recorded(
