@@ -8,8 +8,9 @@ from pydantic import AfterValidator, Field, StringConstraints
 
 from app.kit.schemas import Strict
 from app.presence.proofs import normalise_any_kept_number
+from app.validation.fields import DocumentNumber, Pin
 
-Pin = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}$")]
+__all__ = ["CodeProof", "DocumentProof", "Pin", "PinProof", "Presence", "PresenceAgain"]
 
 
 def _kept_format(number: str) -> str:
@@ -28,7 +29,7 @@ class DocumentProof(Strict):
     """The full number read from the identity document the customer shows."""
 
     method: Literal["identity_document"]
-    number: Annotated[str, StringConstraints(max_length=32), AfterValidator(_kept_format)]
+    number: Annotated[DocumentNumber, AfterValidator(_kept_format)]
 
 
 class CodeProof(Strict):

@@ -11,6 +11,7 @@ from pydantic import AfterValidator, Field, StringConstraints
 from app.validation.kana import normalise_kana
 from app.validation.mynumber import reject_individual_number
 from app.validation.names import normalise_name
+from app.validation.patterns import DOCUMENT_NUMBER, KANA, PHONE, PIN, POSTAL_CODE
 from app.validation.phone import normalise_phone
 from app.validation.postal import normalise_postal_code
 
@@ -33,9 +34,20 @@ PersonName = Annotated[
     AfterValidator(normalise_name),
     AfterValidator(reject_individual_number),
 ]
-Kana = Annotated[str, StringConstraints(max_length=100), AfterValidator(normalise_kana)]
-Phone = Annotated[str, StringConstraints(max_length=32), AfterValidator(normalise_phone)]
-PostalCode = Annotated[str, StringConstraints(max_length=16), AfterValidator(normalise_postal_code)]
+Kana = Annotated[
+    str, StringConstraints(max_length=100, pattern=KANA), AfterValidator(normalise_kana)
+]
+Phone = Annotated[
+    str, StringConstraints(max_length=32, pattern=PHONE), AfterValidator(normalise_phone)
+]
+PostalCode = Annotated[
+    str,
+    StringConstraints(max_length=16, pattern=POSTAL_CODE),
+    AfterValidator(normalise_postal_code),
+]
+# A kept identity-document number in any of its written forms; its type decides which form.
+DocumentNumber = Annotated[str, StringConstraints(max_length=32, pattern=DOCUMENT_NUMBER)]
+Pin = Annotated[str, StringConstraints(pattern=PIN)]
 BirthDate = Annotated[date, AfterValidator(_past_date)]
 Address = Annotated[
     str,
