@@ -35,6 +35,7 @@ from app.keys import KeyError_, load_keys
 from app.logs import configure_logging
 from app.request_context import request_id_var
 from app.roles import Role
+from app.server import uvicorn_options
 
 if TYPE_CHECKING:
     from app.demo import DemoAccounts
@@ -266,15 +267,7 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     load_keys(settings)
     log.info("serving", extra={"host": args.host, "port": args.port, "workers": args.workers})
     uvicorn.run(
-        "app.main:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        # The app reads X-Forwarded-For itself, and only from SHOPVAULT_TRUSTED_PROXIES.
-        proxy_headers=False,
-        # The app writes its own access log line (route templates, not raw paths).
-        access_log=False,
-        log_config=None,
+        "app.main:app", host=args.host, port=args.port, workers=args.workers, **uvicorn_options()
     )
     return 0
 

@@ -62,9 +62,28 @@ MEMBERS: dict[Role, cast.Member | cast.Client] = {
 _counter = itertools.count(1)
 
 
+class Logins(dict[Role, Headers]):
+    """Each role's bearer headers, logged in on first use."""
+
+    def __init__(self, client: TestClient) -> None:
+        super().__init__()
+        self.client = client
+
+    def __missing__(self, role: Role) -> Headers:
+        member = MEMBERS[role]
+        headers = (
+            login_client(self.client, member)
+            if isinstance(member, cast.Client)
+            else login(self.client, member)
+        )
+        self[role] = headers
+        return headers
+
+
 @dataclass
 class World:
-    """What the requests refer to: built through the API, fresh where a call consumes it."""
+    """What the requests refer to: built through the API, fresh where a call consumes it.
+    (The fuzz test grounds its cases in the same world.)"""
 
     client: TestClient
     headers: dict[Role, Headers]
@@ -369,7 +388,7 @@ def _documented(client: TestClient) -> list[tuple[str, str]]:
     )
 
 
-def _row_for(role: Role, operation: Operation) -> tuple[Purpose | None, Rule | None]:
+def row_for(role: Role, operation: Operation) -> tuple[Purpose | None, Rule | None]:
     """The purpose under which ``role`` may do ``operation`` (and its row), or what to send to be
     refused."""
     op = OPERATIONS[operation]
@@ -387,9 +406,14 @@ def _expect_allowed(role: Role, operation: Operation, rule: Rule | None) -> bool
     return role in op.roles and (op.purposes is None or rule is not None)
 
 
-def _headers(world: World, role: Role, call: Call, operation: Operation) -> Headers:
+def admitted_roles(operation: Operation) -> list[Role]:
+    """The roles that may do ``operation`` under some purpose (in ``Role`` order)."""
+    return [role for role in Role if _expect_allowed(role, operation, row_for(role, operation)[1])]
+
+
+def context_headers(world: World, role: Role, call: Call, operation: Operation) -> Headers:
     headers = {**world.headers[role], **call.headers()}
-    chosen, rule = _row_for(role, operation)
+    chosen, rule = row_for(role, operation)
     if chosen is None:
         return headers
     headers["X-Access-Purpose"] = chosen.value
@@ -432,13 +456,8 @@ def test_every_route_answers_every_role_as_the_tables_say(
 
 
 def _walk(client: TestClient, db: Engine) -> None:
-    headers: dict[Role, Headers] = {
-        role: login_client(client, member)
-        if isinstance(member, cast.Client)
-        else login(client, member)
-        for role, member in MEMBERS.items()
-    }
-    world = World(client, headers, db)
+    world = World(client, Logins(client), db)
+    headers = world.headers
     registered = register_customer(client, headers[Role.SALES], seed=77)
     world.customer_id, world.phone = registered.id, registered.body["phone"]
     routes = _routes(client)
@@ -466,8 +485,8 @@ def _walk(client: TestClient, db: Engine) -> None:
         if anonymous.status_code != 401:
             failures.append(f"{key} without a token: {anonymous.status_code}")
         for role in Role:
-            chosen, rule = _row_for(role, operation)
-            response = send(_headers(world, role, call, operation), role)
+            chosen, rule = row_for(role, operation)
+            response = send(context_headers(world, role, call, operation), role)
             where = f"{key} as {role.value} ({chosen.value if chosen else 'no purpose'})"
             if _expect_allowed(role, operation, rule):
                 if not 200 <= response.status_code < 300:

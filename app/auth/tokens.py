@@ -21,6 +21,9 @@ from app.roles import Role
 SELF_SERVICE_PATHS = frozenset({"/auth/password", "/auth/me", "/auth/logout"})
 
 ALGORITHM = "HS256"
+# What our tokens' header holds. Anything else — a ``kid``, ``jku``, ``jwk`` or ``x5u`` pointing
+# at a key, ``crit`` extensions — is a request to trust something we never issued.
+_HEADER = frozenset({"alg", "typ"})
 MAX_TOKEN_LENGTH = 4096
 CLOCK_SKEW_SECONDS = 30
 _REQUIRED = ("sub", "role", "iss", "aud", "iat", "exp", "jti", "ae", "kind", "login")
@@ -120,7 +123,11 @@ class TokenCodec:
             raise Unauthorized("The token is not valid.")
         try:
             header = jwt.get_unverified_header(token)
-            if header.get("alg") != ALGORITHM:
+            if (
+                header.get("alg") != ALGORITHM
+                or header.get("typ", "JWT") != "JWT"
+                or not header.keys() <= _HEADER
+            ):
                 raise Unauthorized("The token is not valid.")
             payload = jwt.decode(
                 token,
