@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install run test lint typecheck pytest bench clean fuzz
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -34,6 +34,12 @@ pytest: install
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# The API fuzz test, deeper: more examples per operation, random seeds, both databases when
+# SHOPVAULT_TEST_POSTGRES_URL is set (make test runs it with 15 and a fixed seed, on SQLite).
+FUZZ_EXAMPLES ?= 300
+fuzz: install
+	SHOPVAULT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/test_api_fuzz.py -q
 
 bench: install
 	$(BIN)/python -m bench.run

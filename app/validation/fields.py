@@ -11,15 +11,9 @@ from pydantic import AfterValidator, Field, StringConstraints
 from app.validation.kana import normalise_kana
 from app.validation.mynumber import reject_individual_number
 from app.validation.names import normalise_name
-from app.validation.patterns import DOCUMENT_NUMBER, KANA, PHONE, PIN, POSTAL_CODE
+from app.validation.patterns import DOCUMENT_NUMBER, KANA, PHONE, PIN, POSTAL_CODE, TEXT
 from app.validation.phone import normalise_phone
 from app.validation.postal import normalise_postal_code
-
-
-def _no_control(text: str) -> str:
-    if any(ord(ch) < 0x20 and ch not in "\n\t" for ch in text) or "\x7f" in text:
-        raise ValueError("control characters are not allowed")
-    return text
 
 
 def _past_date(value: date) -> date:
@@ -51,20 +45,17 @@ Pin = Annotated[str, StringConstraints(pattern=PIN)]
 BirthDate = Annotated[date, AfterValidator(_past_date)]
 Address = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-    AfterValidator(_no_control),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=TEXT),
     AfterValidator(reject_individual_number),
 ]
 Notes = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, max_length=2000),
-    AfterValidator(_no_control),
+    StringConstraints(strip_whitespace=True, max_length=2000, pattern=TEXT),
     AfterValidator(reject_individual_number),
 ]
 ShortText = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
-    AfterValidator(_no_control),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=TEXT),
     AfterValidator(reject_individual_number),
 ]
 Digits4 = Annotated[str, Field(pattern=r"^[0-9]{4}$")]

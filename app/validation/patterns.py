@@ -63,5 +63,9 @@ DOCUMENT_NUMBER = (
     rf"|{_LETTER}{_L}(?:{_D}){{8}}(?:{_L}){{2}})$"
 )
 
+# Free text (addresses, notes, plans): no control characters but tab and line feed. (Two-digit
+# hex escapes are the one escape all three dialects read alike.)
+TEXT = r"^[^\x00-\x08\x0b-\x1f\x7f]*$"
+
 # The customer's 4-digit PIN, typed on the terminal's keypad.
 PIN = r"^[0-9]{4}$"
