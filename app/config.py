@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import cached_property
 from pathlib import Path
 
@@ -61,6 +62,12 @@ class Settings(BaseSettings):
     alert_search_misses: str = "10/10minutes"
     alert_presence_failures: str = "10/30minutes"
 
+    # Browser origins allowed to call the API cross-origin (comma-separated, exact origins such
+    # as ``https://pos.example.jp``); none by default: CORS stays closed.
+    cors_origins: str = ""
+    # The bearer token /metrics asks for; unset, /metrics answers only on the loopback interface.
+    metrics_token: SecretStr | None = None
+
     log_level: str = "INFO"
 
     @field_validator(
@@ -94,6 +101,25 @@ class Settings(BaseSettings):
             ipaddress.ip_network(part, strict=False)
         return value
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_parse(cls, value: str) -> str:
+        for origin in _split(value):
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError("each CORS origin is scheme://host[:port], without a path")
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("the metrics token must be at least 16 characters")
+        return value
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return _split(self.cors_origins)
+
     @cached_property
     def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(p, strict=False) for p in _split(self.trusted_proxies))
@@ -111,6 +137,9 @@ class Settings(BaseSettings):
     @property
     def resolved_migration_database_url(self) -> str:
         return self.migration_database_url or self.resolved_database_url
+
+
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?")
 
 
 def _split(value: str) -> list[str]:

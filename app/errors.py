@@ -116,6 +116,11 @@ class NotFound(Problem):
     default_detail = "No such resource."
 
 
+class MethodNotAllowed(Problem):
+    status, slug, title = 405, "method-not-allowed", "Method not allowed"
+    default_detail = "This resource does not answer this method; see Allow."
+
+
 class Conflict(Problem):
     status, slug, title = 409, "conflict", "Conflict"
     default_detail = "The request conflicts with the current state of the resource."
@@ -124,6 +129,16 @@ class Conflict(Problem):
 class PayloadTooLarge(Problem):
     status, slug, title = 413, "payload-too-large", "Payload too large"
     default_detail = "Request bodies are limited to 1 MiB."
+
+
+class UriTooLong(Problem):
+    status, slug, title = 414, "uri-too-long", "URI too long"
+    default_detail = "The request target is limited to 8 KiB."
+
+
+class HeadersTooLarge(Problem):
+    status, slug, title = 431, "headers-too-large", "Request header fields too large"
+    default_detail = "Request headers are limited to 16 KiB in all, and 100 fields."
 
 
 class ValidationFailed(Problem):

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from app.admin.router import router as admin_router
@@ -19,6 +20,7 @@ from app.documents.router import router as documents_router
 from app.logs import configure_logging
 from app.messages.router import router as messages_router
 from app.middleware import Metrics, RequestMiddleware
+from app.ops.docs import docs_router
 from app.ops.router import router as ops_router
 from app.policy import render_markdown, render_operations_markdown
 from app.problems import declare_problems, install_problem_handlers
@@ -70,6 +72,21 @@ marketing consent) and is set when that basis ends.
 """
 
 
+CORS_METHODS = ("GET", "POST", "PATCH", "DELETE")
+CORS_REQUEST_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "Idempotency-Key",
+    "X-Access-Purpose",
+    "X-Access-Reason",
+    "X-Request-Id",
+    "X-Subject-Request-Id",
+    "X-Terminal-Id",
+    "X-Visit-Id",
+)
+CORS_EXPOSED_HEADERS = ("Retry-After", "WWW-Authenticate", "X-Request-Id")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     runtime = Runtime.build(settings)
@@ -82,6 +99,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await runtime.close()
 
     app = FastAPIOffline(
+        # Our own pages (app/ops/docs.py): no inline script, for the Content-Security-Policy.
+        docs_url=None,
+        redoc_url=None,
         title="shopvault",
         version="0.1.0",
         description=DESCRIPTION + POLICY_SECTION + RETENTION_SECTION,
@@ -90,7 +110,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.metrics = metrics
     install_problem_handlers(app)
+    if settings.cors_origin_list:
+        # Inside the request middleware, so that preflight answers carry its headers too.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=list(CORS_METHODS),
+            allow_headers=list(CORS_REQUEST_HEADERS),
+            expose_headers=list(CORS_EXPOSED_HEADERS),
+            # Bearer tokens, never cookies: nothing for a browser to attach by itself.
+            allow_credentials=False,
+            max_age=600,
+        )
     app.add_middleware(RequestMiddleware, metrics=metrics)
+    app.include_router(docs_router(app))
     for router in (
         ops_router,
         auth_router,

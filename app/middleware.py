@@ -1,4 +1,5 @@
-"""ASGI middleware: request id, body size limit, metrics and the access log line."""
+"""ASGI middleware: request id, size limits (request target, headers, body), security headers,
+metrics and the access log line."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ import uuid
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge, Problem
+from app.errors import HeadersTooLarge, PayloadTooLarge, Problem, UriTooLong
 from app.problems import problem_response
 from app.request_context import request_id_var
+from app.security_headers import security_headers
 
 MAX_BODY_BYTES = 1024 * 1024
+# Neither HTTP parser uvicorn offers bounds these reliably (app/server.py): the app does.
+MAX_TARGET_BYTES = 8 * 1024
+MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADER_FIELDS = 100
 _INCOMING_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
 
 log = logging.getLogger("shopvault.http")
@@ -41,6 +47,19 @@ class Metrics:
             ("rule",),
             registry=self.registry,
         )
+
+
+def _oversized(scope: Scope) -> Problem | None:
+    """A request target or headers beyond the limits: refused before any work."""
+    target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    if target > MAX_TARGET_BYTES:
+        return UriTooLong()
+    fields = scope.get("headers") or []
+    if len(fields) > MAX_HEADER_FIELDS or (
+        sum(len(name) + len(value) for name, value in fields) > MAX_HEADER_BYTES
+    ):
+        return HeadersTooLarge()
+    return None
 
 
 def _route_template(scope: Scope) -> str:
@@ -75,10 +94,18 @@ class RequestMiddleware:
                 if not any(name.lower() == b"cache-control" for name, _ in existing):
                     # Personal data must never sit in a cache; nothing here is worth caching.
                     extra.append((b"cache-control", b"no-store"))
+                content_type = next(
+                    (value for name, value in existing if name.lower() == b"content-type"), None
+                )
+                extra.extend(security_headers(content_type))
                 message["headers"] = [*existing, *extra]
             await send(message)
 
         try:
+            refused = _oversized(scope)
+            if refused is not None:
+                await problem_response(refused, request_id)(scope, receive, send_with_id)
+                return
             declared = headers.get(b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
                 response = problem_response(PayloadTooLarge(), request_id)

@@ -8,13 +8,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from app.auth.tokens import SELF_SERVICE_PATHS
 from app.crypto import DecryptionError
 from app.errors import (
     PROBLEM_MEDIA_TYPE,
     DataIntegrityFailure,
+    MethodNotAllowed,
     NotFound,
     PasswordChangeRequired,
     Problem,
@@ -135,14 +138,26 @@ async def _on_http(request: Request, exc: Exception) -> ProblemResponse:
         problem = NotFound()
     elif exc.status_code == 401:
         problem = Unauthorized()
+    elif exc.status_code == 405:
+        problem = MethodNotAllowed(headers={"Allow": _allowed_methods(request)})
     else:
         problem = Problem(detail="The request could not be handled.")
         problem.status = exc.status_code  # type: ignore[misc]
         problem.slug = "http-error"  # type: ignore[misc]
         problem.title = "HTTP error"  # type: ignore[misc]
-        # e.g. the ``Allow`` header that a 405 must carry.
+        # Any other status Starlette raises keeps its headers.
         problem.headers.update(exc.headers or {})
     return problem_response(problem)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route answers at this path (Starlette names only the first route's,
+    and a path's methods are often split over several routes)."""
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        if route.methods and route.path and compile_path(route.path)[0].match(request.url.path):
+            methods.update(route.methods)
+    return ", ".join(sorted(methods))
 
 
 async def _on_decryption_failure(_request: Request, exc: Exception) -> ProblemResponse:

@@ -27,6 +27,10 @@ warnings.filterwarnings("ignore", message=".*httpx2.*")
 from fastapi.testclient import TestClient  # noqa: E402
 
 BACKENDS = ["sqlite", "postgres"]
+# Every test app asks this of /metrics (``METRICS_HEADERS``): the TestClient's peer is not an
+# address, let alone a loopback one.
+METRICS_TOKEN = "metrics-token-for-the-tests"
+METRICS_HEADERS = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 REDIS_ENV = "SHOPVAULT_TEST_REDIS_URL"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -98,6 +102,7 @@ def make_settings(
         values: dict[str, Any] = {
             "data_dir": tmp_path / "data",
             "database_url": database_url,
+            "metrics_token": METRICS_TOKEN,
             **test_keys,
         }
         values.update(overrides)

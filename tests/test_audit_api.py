@@ -22,7 +22,7 @@ from tests.audit_helpers import (
     verify_api,
     with_clock,
 )
-from tests.conftest import login
+from tests.conftest import METRICS_HEADERS, login
 from tests.world import open_visit, purpose, register_customer
 
 SPEC_EVENT_FIELDS = {
@@ -252,7 +252,7 @@ def test_open_alerts_in_the_metrics(client: TestClient) -> None:
     customer = register_customer(client, login(client, cast.SALES), seed=42)
     _manager_look(client, customer.id)
     client.portal.call(client.app.state.runtime.drain)  # type: ignore[attr-defined,union-attr]
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=METRICS_HEADERS).text
     assert 'shopvault_open_alerts{rule="review_pending"} 1.0' in metrics
     assert 'shopvault_open_alerts{rule="bulk_read"} 0.0' in metrics
 

@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 from app import migrate
 from app.logs import configure_logging
 from tests import cast
+from tests.conftest import METRICS_HEADERS
 
 PROBLEM = "application/problem+json"
 Headers = Callable[..., dict[str, str]]
@@ -82,7 +83,7 @@ def test_metrics_count_requests_by_route_template_never_by_raw_path(
     assert client.get(f"/problems/{raw_slug}").status_code == 404
     assert client.get(raw_path).status_code == 404
 
-    response = client.get("/metrics")
+    response = client.get("/metrics", headers=METRICS_HEADERS)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     series = [line for line in response.text.splitlines() if line.startswith("shopvault_http_")]
@@ -96,7 +97,9 @@ def test_metrics_count_requests_by_route_template_never_by_raw_path(
 
 # --- offline docs -------------------------------------------------------------------------------
 
-ASSET_REFERENCE = re.compile(r"""(?:src|href|spec-url)=["']([^"']+)["']|url:\s*'([^']+)'""")
+ASSET_REFERENCE = re.compile(
+    r"""(?:src|href|spec-url|data-openapi-url)=["']([^"']+)["']|url:\s*'([^']+)'"""
+)
 
 
 @ON_SQLITE_ONLY
@@ -178,7 +181,7 @@ def test_every_response_carries_a_request_id(client: TestClient, as_member: Head
             headers={**headers, "content-type": "application/json", "content-length": "99999999"},
         ),
         client.get("/static-offline-docs/favicon.png"),
-        client.get("/metrics"),
+        client.get("/metrics", headers=METRICS_HEADERS),
     ]
     assert [r.status_code for r in responses] == [200, 401, 200, 404, 422, 413, 200, 200]
     ids = [r.headers.get("x-request-id") for r in responses]

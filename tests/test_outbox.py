@@ -32,7 +32,7 @@ from app.messages.outbox import OutboxPolicy, Worker, WorkerMetrics
 from app.runtime import Runtime
 from app.worker import WorkerConfigurationError, backends_from
 from tests import cast
-from tests.conftest import SettingsFactory
+from tests.conftest import METRICS_HEADERS, SettingsFactory
 from tests.messaging import (
     TOKYO,
     clock_at,
@@ -659,7 +659,7 @@ def test_outbox_gauges_on_metrics(
     queue(client, sales, customer, day, "repair_ready", "repair_ready")
     deliver(settings, file_backends(tmp_path), day + timedelta(minutes=1))
     queue(client, sales, customer, day + timedelta(hours=12), "repair_ready")  # 22:00
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=METRICS_HEADERS).text
     assert 'shopvault_outbox_messages{channel="sms",kind="message",status="sent"} 2.0' in text
     assert 'shopvault_outbox_messages{channel="sms",kind="message",status="scheduled"} 1.0' in text
     assert customer.id not in text

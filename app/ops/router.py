@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -10,11 +12,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.audit.service import open_alerts_by_rule
-from app.errors import ServiceUnavailable
+from app.errors import Forbidden, Problem, ServiceUnavailable, Unauthorized
 from app.kit.deps import RuntimeDep
 from app.messages.metrics import refresh_outbox_gauges
 from app.migrate import head_revisions
 from app.problems import problem_catalogue, problem_responses
+from app.runtime import Runtime
 
 router = APIRouter(tags=["operations"])
 
@@ -38,10 +41,40 @@ async def readyz(runtime: RuntimeDep) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/metrics", response_class=Response)
+def _metrics_caller_may_read(request: Request, runtime: Runtime) -> Problem | None:
+    """Counts of 403s and 404s per route are reconnaissance: with ``METRICS_TOKEN`` set, its
+    bearer token is needed; without it, only a peer on the loopback interface is answered (not
+    one that is a trusted proxy: what it relays comes from elsewhere)."""
+    expected = runtime.settings.metrics_token
+    if expected is not None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            token.encode(), expected.get_secret_value().encode()
+        ):
+            return None
+        return Unauthorized("/metrics needs the metrics bearer token.")
+    peer = request.client.host if request.client else ""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return MetricsLoopbackOnly()
+    proxied = any(address in network for network in runtime.settings.trusted_proxy_networks)
+    return None if address.is_loopback and not proxied else MetricsLoopbackOnly()
+
+
+class MetricsLoopbackOnly(Forbidden):
+    slug, title = "metrics-loopback-only", "Metrics on the loopback interface only"
+    default_detail = "Without a metrics token configured, /metrics answers only local callers."
+
+
+@router.get("/metrics", response_class=Response, responses=problem_responses(401, 403))
 async def metrics(request: Request, runtime: RuntimeDep) -> Response:
     """Prometheus metrics (request counts and latencies by route template, outbox gauges, open
-    alerts by rule)."""
+    alerts by rule). With `SHOPVAULT_METRICS_TOKEN` set, send it as a bearer token; without it,
+    only loopback callers are answered."""
+    refused = _metrics_caller_may_read(request, runtime)
+    if refused is not None:
+        raise refused
     metrics = request.app.state.metrics
     await refresh_outbox_gauges(runtime, metrics.registry)
     try:
