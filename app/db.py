@@ -13,11 +13,17 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.pool import NullPool
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+# What a database that went away raises: SQLAlchemy's errors, and what a driver lets through
+# unwrapped while connecting (asyncpg's refused or reset connection, a timeout).
+DatabaseUnavailable = (SQLAlchemyError, ConnectionError, TimeoutError)
 
 
 def _driver_url(url: str, *, async_: bool) -> str:

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.events import EventDraft
@@ -27,6 +26,7 @@ from app.audit.repository import AuditLog
 from app.auth import repository as auth_repository
 from app.auth.tokens import Principal
 from app.client_address import Network, client_address, limit_key
+from app.db import DatabaseUnavailable
 from app.errors import AuditUnavailable, Problem, RateLimited, ServiceUnavailable, Unauthorized
 from app.kit.deps import RuntimeDep
 from app.request_context import current_request_id
@@ -96,7 +96,7 @@ class UnitOfWork:
     async def commit(self) -> None:
         try:
             await self.verify_principal()
-        except SQLAlchemyError as exc:
+        except DatabaseUnavailable as exc:
             # For a route with no query of its own, this is the request's first database call.
             await self.rollback()
             raise ServiceUnavailable() from exc
@@ -110,7 +110,7 @@ class UnitOfWork:
                 request_id=current_request_id(),
                 at=self._audit_log.now(),
             )
-        except SQLAlchemyError as exc:
+        except DatabaseUnavailable as exc:
             await self.rollback()
             if summaries and self._refusals is not None:
                 await self._refusals.put_back(summaries)
@@ -123,7 +123,7 @@ class UnitOfWork:
         self._events = []
         try:
             await self.verify_principal()
-        except SQLAlchemyError as exc:
+        except DatabaseUnavailable as exc:
             raise ServiceUnavailable() from exc
         event = problem.audit_event
         if event is not None and isinstance(problem, RateLimited) and self._refusals is not None:
@@ -137,7 +137,7 @@ class UnitOfWork:
     async def rollback(self) -> None:
         try:
             await self.session.rollback()
-        except SQLAlchemyError:
+        except DatabaseUnavailable:
             # The connection is gone; the transaction is gone with it.
             await self.session.invalidate()
 
@@ -156,7 +156,7 @@ async def unit_of_work(runtime: RuntimeDep, request: Request) -> AsyncIterator[U
         except Problem as problem:
             await uow.fail(problem)
             raise
-        except SQLAlchemyError as exc:
+        except DatabaseUnavailable as exc:
             await uow.rollback()
             raise ServiceUnavailable() from exc
         except BaseException:

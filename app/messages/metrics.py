@@ -8,8 +8,8 @@ import logging
 import weakref
 
 from prometheus_client import CollectorRegistry, Gauge
-from sqlalchemy.exc import SQLAlchemyError
 
+from app.db import DatabaseUnavailable
 from app.messages import repository
 from app.runtime import Runtime
 
@@ -35,7 +35,7 @@ class OutboxGauges:
         try:
             async with runtime.sessions() as session:
                 rows = await repository.outbox_counts(session)
-        except SQLAlchemyError:
+        except DatabaseUnavailable:
             log.warning("outbox gauges not refreshed", extra={"event": "metrics"})
             return
         self.messages.clear()

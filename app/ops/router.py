@@ -9,9 +9,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 
 from app.audit.service import open_alerts_by_rule
+from app.db import DatabaseUnavailable
 from app.errors import Forbidden, Problem, ServiceUnavailable, Unauthorized
 from app.kit.deps import RuntimeDep
 from app.messages.metrics import refresh_outbox_gauges
@@ -34,7 +34,7 @@ async def readyz(runtime: RuntimeDep) -> dict[str, str]:
     try:
         async with runtime.engine.connect() as connection:
             rows = (await connection.execute(text("SELECT version_num FROM alembic_version"))).all()
-    except SQLAlchemyError as exc:
+    except DatabaseUnavailable as exc:
         raise ServiceUnavailable("The database is not reachable or not migrated.") from exc
     if frozenset(row[0] for row in rows) != head_revisions():
         raise ServiceUnavailable("The database is not at the latest migration.")
@@ -79,7 +79,7 @@ async def metrics(request: Request, runtime: RuntimeDep) -> Response:
     await refresh_outbox_gauges(runtime, metrics.registry)
     try:
         open_alerts = await open_alerts_by_rule(runtime)
-    except SQLAlchemyError:
+    except DatabaseUnavailable:
         open_alerts = None  # the request metrics are still worth serving
     if open_alerts is not None:
         for rule, count in open_alerts.items():
