@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,6 +31,8 @@ from app.runtime import Runtime
 from app.subject_requests.router import router as subject_requests_router
 from app.visits.router import router as visits_router
 from app.visits.service import ensure_service_keys
+
+log = logging.getLogger("shopvault.app")
 
 DESCRIPTION = """
 shopvault answers, in software, the questions customers ask about shops: *who can see my data,
@@ -87,6 +90,19 @@ CORS_REQUEST_HEADERS = (
 CORS_EXPOSED_HEADERS = ("Retry-After", "WWW-Authenticate", "X-Request-Id")
 
 
+def announce_limits(settings: Settings) -> None:
+    """Where rate limits, presence locks and refusal summaries are counted: a chain of several
+    API processes needs Redis, or each process counts on its own."""
+    if settings.redis_url:
+        log.info("limits shared through Redis", extra={"event": "startup"})
+    else:
+        log.warning(
+            "limits kept in this process's memory: several API processes each count on their "
+            "own (set SHOPVAULT_REDIS_URL to share them)",
+            extra={"event": "startup"},
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     runtime = Runtime.build(settings)
@@ -94,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        announce_limits(settings)
         await ensure_service_keys(runtime)
         yield
         await runtime.close()
