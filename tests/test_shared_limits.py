@@ -65,7 +65,6 @@ def pair(
     tmp_path: Path,
 ) -> Iterator[Pair]:
     shared: bool = request.node.callspec.params["shared"]
-    keys = test_keys.items()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHOPVAULT_")}
     env.update(
         {
