@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest bench clean fuzz
+.PHONY: install run test lint typecheck pytest bench clean fuzz soak
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -40,6 +40,12 @@ test: lint typecheck pytest
 FUZZ_EXAMPLES ?= 300
 fuzz: install
 	SHOPVAULT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/test_api_fuzz.py -q
+
+# Mixed POS traffic for SOAK_SECONDS against `shopvault serve --workers 2` on a fresh PostgreSQL
+# database (next to SHOPVAULT_TEST_POSTGRES_URL), loopback only; see tests/soak.py.
+SOAK_SECONDS ?= 120
+soak: install
+	$(BIN)/python -m tests.soak --seconds $(SOAK_SECONDS)
 
 bench: install
 	$(BIN)/python -m bench.run
