@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest bench clean fuzz soak
+.PHONY: install run test lint typecheck pytest bench clean fuzz soak e2e
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -46,6 +46,11 @@ fuzz: install
 SOAK_SECONDS ?= 120
 soak: install
 	$(BIN)/python -m tests.soak --seconds $(SOAK_SECONDS)
+
+# The pages in headless Chromium (Debian's chromium): /docs and /redoc under the CSP, the printable
+# pages; screenshots under SHOPVAULT_E2E_ARTEFACTS (default: a new temporary directory).
+e2e: install
+	$(BIN)/pytest tests/e2e_browser.py -q -p no:cacheprovider
 
 bench: install
 	$(BIN)/python -m bench.run

@@ -4,9 +4,10 @@ The API answers JSON that no browser should render, frame or run: its Content-Se
 allows nothing at all. HTML pages (``/docs``, ``/redoc``, the printable access report and
 forms register) may load scripts, styles, images and fonts from this origin only, and fetch
 only from it (Swagger UI reads ``/openapi.json`` and tries requests out); no inline script runs
-on any of them. Inline styles are allowed on pages: ReDoc writes its styles into the page, and
-the printable pages carry their own stylesheet — with nothing loadable from elsewhere, a style
-has no way to send anything out.
+on any of them (a worker may start from a ``blob:`` the page's own script made: ReDoc's
+search). Inline styles are allowed on pages: ReDoc writes its styles into the page, and the
+printable pages carry their own stylesheet — with nothing loadable from elsewhere, a style has
+no way to send anything out.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ PAGE_POLICY = "; ".join(
         "img-src 'self' data:",
         "font-src 'self'",
         "connect-src 'self'",
+        # ReDoc indexes the document for its search in a worker it makes from its own code.
+        "worker-src 'self' blob:",
         "frame-ancestors 'none'",
         "base-uri 'none'",
         "form-action 'none'",

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_oauth2_redirect_html
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, Response
 
 STATIC = "/static-offline-docs"
+FAVICON = Path(fastapi_offline.__file__).parent / "static" / "favicon.png"
 OAUTH2_REDIRECT = "/docs/oauth2-redirect"
 JAVASCRIPT = "text/javascript; charset=utf-8"
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
@@ -90,6 +93,11 @@ def docs_router(app: FastAPI) -> APIRouter:
     @router.get("/docs/oauth2-redirect.js")
     async def swagger_ui_redirect_script() -> Response:
         return Response(redirect_script, media_type=JAVASCRIPT)
+
+    @router.get("/favicon.ico")
+    async def favicon() -> FileResponse:
+        # Browsers ask for it on every page, the printable ones included.
+        return FileResponse(FAVICON, media_type="image/png")
 
     @router.get("/redoc")
     async def redoc() -> HTMLResponse:
