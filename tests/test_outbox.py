@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -191,6 +192,53 @@ def test_email_is_delivered_over_smtp_from_the_official_sender(
 
     status = client.get(f"/messages/{message_id}", headers=sales).json()
     assert status["status"] == "sent"
+
+
+def test_an_smtp_server_that_is_down_gets_the_message_once_it_is_back(
+    client: TestClient,
+    settings: Settings,
+    db: Engine,
+    customer: Registered,
+    sales: Headers,
+    tmp_path: Path,
+    day: datetime,
+) -> None:
+    """Down: the message stays queued and is retried after its back-off, never lost; back up:
+    delivered exactly once, and later runs send nothing more."""
+    (message_id,) = queue(client, sales, customer, day, "repair_ready", channel="email")
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    server = {"port": dead_port}
+
+    def backends() -> tuple[MailBackend, SmsBackend]:
+        mail = SmtpMail(
+            host="127.0.0.1",
+            port=server["port"],
+            sender=SENDER,
+            starttls=False,
+            username=None,
+            password=None,
+        )
+        return mail, FileSms(tmp_path / "sms", SENDER_ID)
+
+    now = day + timedelta(minutes=1)
+    for attempt in (1, 2):
+        assert deliver(settings, backends, now) == 1
+        stored = message(db, message_id)
+        assert (stored.status, stored.attempts) == ("queued", attempt)
+        assert stored.failure_reason == "smtp_unavailable"
+        assert stored.due_at > now
+        now = stored.due_at
+    with SmtpSink() as smtp:
+        server["port"] = smtp.port
+        assert deliver(settings, backends, now) == 1
+        for later in (now + timedelta(minutes=5), now + timedelta(days=1)):
+            assert deliver(settings, backends, later) == 0
+    assert len(smtp.received) == 1
+    assert smtp.received[0].message["Message-ID"] == f"<{message_id}@shop.example.jp>"
+    stored = message(db, message_id)
+    assert (stored.status, stored.attempts) == ("sent", 3)
 
 
 def test_starttls_and_login_when_configured(
