@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
@@ -146,6 +147,7 @@ def _with(body: dict[str, Any], where: tuple[str, ...], name: str) -> dict[str, 
     return planted
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # refused before any query
 def test_a_member_no_one_may_set_is_refused_everywhere(
     make_settings: SettingsFactory, db: Engine
 ) -> None:
