@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, StrictBool, StringConstraints, model_vali
 
 from app.kit.schemas import Patch, Strict
 from app.roles import Role
+from app.validation.patterns import LINE
 
 StoreCode = Annotated[
     str, StringConstraints(pattern=r"^[A-Z0-9]{2,16}$", min_length=2, max_length=16)
@@ -17,7 +18,10 @@ Login = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{2,63}$", min_length=3, max_length=64)
 ]
 ClientName = Login
-DisplayText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+# No control characters: PostgreSQL refuses NUL in text (the fuzzer found it as a 503).
+DisplayText = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=LINE)
+]
 Password = Annotated[str, StringConstraints(min_length=12, max_length=256)]
 ClockTime = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
 

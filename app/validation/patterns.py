@@ -67,5 +67,8 @@ DOCUMENT_NUMBER = (
 # hex escapes are the one escape all three dialects read alike.)
 TEXT = r"^[^\x00-\x08\x0b-\x1f\x7f]*$"
 
+# A single line (names of stores and staff): no control characters at all, C1 included.
+LINE = r"^[^\x00-\x1f\x7f-\x9f]*$"
+
 # The customer's 4-digit PIN, typed on the terminal's keypad.
 PIN = r"^[0-9]{4}$"
