@@ -111,6 +111,11 @@ class OwnAccountApproval(Forbidden):
     default_detail = "No one approves a change to their own account; another auditor must."
 
 
+class MetricsLoopbackOnly(Forbidden):
+    slug, title = "metrics-loopback-only", "Metrics on the loopback interface only"
+    default_detail = "Without a metrics token configured, /metrics answers only local callers."
+
+
 class NotFound(Problem):
     status, slug, title = 404, "not-found", "Not found"
     default_detail = "No such resource."

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from app.audit.service import open_alerts_by_rule
 from app.db import DatabaseUnavailable
-from app.errors import Forbidden, Problem, ServiceUnavailable, Unauthorized
+from app.errors import MetricsLoopbackOnly, Problem, ServiceUnavailable, Unauthorized
 from app.kit.deps import RuntimeDep
 from app.messages.metrics import refresh_outbox_gauges
 from app.migrate import head_revisions
@@ -60,11 +60,6 @@ def _metrics_caller_may_read(request: Request, runtime: Runtime) -> Problem | No
         return MetricsLoopbackOnly()
     proxied = any(address in network for network in runtime.settings.trusted_proxy_networks)
     return None if address.is_loopback and not proxied else MetricsLoopbackOnly()
-
-
-class MetricsLoopbackOnly(Forbidden):
-    slug, title = "metrics-loopback-only", "Metrics on the loopback interface only"
-    default_detail = "Without a metrics token configured, /metrics answers only local callers."
 
 
 @router.get("/metrics", response_class=Response, responses=problem_responses(401, 403))
