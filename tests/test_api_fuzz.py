@@ -83,7 +83,7 @@ APP_SOURCE = Path(app.__file__).parent
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_MEMBERS = ("type", "title", "status", "detail", "request_id")
 ECHO_MIN_LENGTH = 8
-ACCESS_HEADERS = ("X-Access-Purpose", "X-Access-Reason", "X-Visit-Id")
+ACCESS_HEADERS = ("X-Access-Purpose", "X-Access-Reason", "X-Visit-Id", "X-Subject-Request-Id")
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

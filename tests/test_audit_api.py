@@ -380,3 +380,14 @@ def test_times_without_an_offset_are_refused(client: TestClient) -> None:
     assert response.status_code == 422
     customer = register_customer(client, login(client, cast.SALES), seed=54)
     assert _report(client, customer.id, to="2026-12-01T10:00:00").status_code == 422
+
+
+def test_times_with_no_utc_equivalent_are_refused(client: TestClient) -> None:
+    """Found by the fuzz: a year-1 time east of UTC has no UTC equivalent (it was a 503)."""
+    headers = auditor_headers(client)
+    too_early = "0001-01-01T00:00:01+02:01"
+    response = client.get("/access-events", headers=headers, params={"to": too_early})
+    assert response.status_code == 422, response.text
+    customer = register_customer(client, login(client, cast.SALES), seed=55)
+    assert _report(client, customer.id, to=too_early).status_code == 422
+    assert _report(client, customer.id, **{"from": "0001-01-01T00:02:01Z"}).status_code == 200

@@ -6,7 +6,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
-from pydantic import AwareDatetime
 
 from app.access.context import AccessContext
 from app.access.deps import AccessTo
@@ -25,6 +24,7 @@ from app.audit.schemas import (
     VerificationOut,
 )
 from app.kit.deps import RuntimeDep
+from app.kit.schemas import Instant
 from app.policy import Operation, Purpose
 from app.problems import problem_responses
 from app.uow import UnitOfWorkDep
@@ -51,8 +51,8 @@ async def list_access_events(
     store: Annotated[str | None, Query(max_length=16)] = None,
     purpose: Purpose | None = None,
     outcome: Literal["allowed", "denied"] | None = None,
-    since: Annotated[AwareDatetime | None, Query(alias="from", description="Inclusive.")] = None,
-    until: Annotated[AwareDatetime | None, Query(alias="to", description="Exclusive.")] = None,
+    since: Annotated[Instant | None, Query(alias="from", description="Inclusive.")] = None,
+    until: Annotated[Instant | None, Query(alias="to", description="Exclusive.")] = None,
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> AccessEventPage:
@@ -169,8 +169,8 @@ async def customer_access_report(
     request: Request,
     runtime: RuntimeDep,
     uow: UnitOfWorkDep,
-    since: Annotated[AwareDatetime | None, Query(alias="from", description="Inclusive.")] = None,
-    until: Annotated[AwareDatetime | None, Query(alias="to", description="Exclusive.")] = None,
+    since: Annotated[Instant | None, Query(alias="from", description="Inclusive.")] = None,
+    until: Annotated[Instant | None, Query(alias="to", description="Exclusive.")] = None,
     format: Annotated[
         Literal["json", "html"] | None,
         Query(description="`html`: a printable page (also chosen by `Accept: text/html`)."),

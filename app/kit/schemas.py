@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Self
+from datetime import UTC, datetime
+from typing import Annotated, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, model_validator
 
 
 class Strict(BaseModel):
@@ -28,3 +29,14 @@ class Patch(Strict):
             if getattr(self, name) is None:
                 raise ValueError(f"{name} may not be null")
         return self
+
+
+def _in_utc(moment: datetime) -> datetime:
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is out of range") from None
+
+
+# A point in time with an offset, held in UTC; one that has no UTC equivalent is a ``422``.
+Instant = Annotated[AwareDatetime, AfterValidator(_in_utc)]

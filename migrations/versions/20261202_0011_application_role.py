@@ -1,7 +1,7 @@
 """the application's PostgreSQL role: INSERT and SELECT only on the access log
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0010
 Create Date: 2026-12-02 09:00:00
 
 Two roles (README, "Database roles"): the owner, which runs migrations (and the few commands
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0011"
-down_revision: str | None = "0008"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
