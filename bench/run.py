@@ -123,11 +123,12 @@ def targets_met(results: dict[str, Any]) -> dict[str, bool | None]:
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        f"{'scenario':<26} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+        f"{'scenario':<28} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
         f"{'cpu ms/ok':>9} {'loadavg':>8}"
     ]
     rows = [
         ("audited_read", results.get("audited_read")),
+        ("audited_read_without_alerts", results.get("audited_read_without_alerts")),
         ("bare_read", results.get("bare_read")),
         ("embedded_audited_read", results.get("embedded_audited_read")),
         *((f"search ({k})", v) for k, v in (results.get("search") or {}).items()),
@@ -135,7 +136,7 @@ def table(results: dict[str, Any]) -> str:
     for name, s in rows:
         if s:
             lines.append(
-                f"{name:<26} {s['rps']:>8} {s['p50_ms']:>8} {s['p99_ms']:>8} {s['errors']:>7} "
+                f"{name:<28} {s['rps']:>8} {s['p50_ms']:>8} {s['p99_ms']:>8} {s['errors']:>7} "
                 f"{s['server_cpu_ms_per_ok']:>9} {s['loadavg']:>8}"
             )
     verify, outbox, purge = results.get("verify"), results.get("outbox"), results.get("purge")

@@ -108,6 +108,8 @@ def audited_read(
     bare_ids = bulk.seed_bare_customers(url, len(customers))
     bulk.analyze(url)
     real = read_target("real-read", world, customers)
+    quiet = read_target("real-read-no-alerts", world, customers)
+    quiet.app = "bench.app_without_alerts:app"
     bare = Target(
         "bare-read",
         "bench.bare_app:app",
@@ -119,19 +121,30 @@ def audited_read(
     rows: list[tuple[str, int, Measurement]] = []
     with ExitStack() as stack:
         start(stack, scratch, real, env, workers)
+        start(stack, scratch, quiet, env, workers)
         start(stack, scratch, bare, {URL_ENV: url}, workers)
         for round_ in range(1, rounds + 1):
-            order = (real, bare) if round_ % 2 else (bare, real)
+            order = (real, quiet, bare) if round_ % 2 else (bare, quiet, real)
             for target in order:
                 m = measured(target, how, scratch)
                 rows.append((target.name, round_, m))
                 print(f"bench: audited read, round {round_}, {target.name}: {scenario(m)}")
     shopvault = pooled([m for name, _, m in rows if name == "real-read"])
+    without_alerts = pooled([m for name, _, m in rows if name == "real-read-no-alerts"])
     baseline = pooled([m for name, _, m in rows if name == "bare-read"])
     rounds_out = [{"app": name, "round": r, **scenario(m)} for name, r, m in rows]
     return {
         "audited_read": scenario(shopvault, customers=len(customers), rounds=rounds_out),
         "bare_read": scenario(baseline, customers=len(customers)),
+        # Issue 13: the same app with no alert rule evaluated; the overhead ratio is rps with
+        # the rules over rps without them (1.0: no cost), CPU per answer likewise.
+        "audited_read_without_alerts": scenario(without_alerts, customers=len(customers)),
+        "alert_overhead_ratio": round(shopvault.rate / without_alerts.rate, 3)
+        if without_alerts.rate
+        else None,
+        "alert_cpu_per_ok_ratio": round(shopvault.cpu_per_ok / without_alerts.cpu_per_ok, 3)
+        if without_alerts.cpu_per_ok
+        else None,
         "audited_read_ratio": round(shopvault.rate / baseline.rate, 3) if baseline.rate else None,
         "audited_read_p99_ratio": round(shopvault.percentile(0.99) / baseline.percentile(0.99), 3),
         "server_cpu_per_ok_ratio": round(shopvault.cpu_per_ok / baseline.cpu_per_ok, 3)

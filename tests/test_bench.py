@@ -63,6 +63,8 @@ def test_every_key_of_the_issue_is_written(results: dict[str, object]) -> None:
         "bare_read",
         "audited_read_ratio",
         "audited_read_p99_ratio",
+        "audited_read_without_alerts",
+        "alert_overhead_ratio",
         "search",
         "search_scaling_ratio",
         "embedded_audited_read",
@@ -82,6 +84,7 @@ def test_every_key_of_the_issue_is_written(results: dict[str, object]) -> None:
     scenarios = [
         results["audited_read"],
         results["bare_read"],
+        results["audited_read_without_alerts"],
         results["embedded_audited_read"],
         search["small"],
         search["large"],
@@ -100,7 +103,15 @@ def test_the_audited_read_alternates_with_the_bare_app(results: dict[str, object
     audited = results["audited_read"]
     assert isinstance(audited, dict)
     apps = [(r["app"], r["round"]) for r in audited["rounds"]]
-    assert apps == [("real-read", 1), ("bare-read", 1), ("bare-read", 2), ("real-read", 2)]
+    quiet = "real-read-no-alerts"
+    assert apps == [
+        ("real-read", 1),
+        (quiet, 1),
+        ("bare-read", 1),
+        ("bare-read", 2),
+        (quiet, 2),
+        ("real-read", 2),
+    ]
     assert audited["customers"] == 120
 
 

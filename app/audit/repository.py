@@ -211,6 +211,9 @@ class AuditLog:
     def listen(self, listener: AppendListener) -> None:
         self._listeners.append(listener)
 
+    def stop_listening(self, listener: AppendListener) -> None:
+        self._listeners.remove(listener)
+
     def _committed(self, rows: Sequence[dict[str, Any]]) -> None:
         for listener in self._listeners:
             try:
