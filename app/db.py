@@ -9,12 +9,18 @@ that later writes fails with "database is locked" under concurrency.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.pool import NullPool
 
@@ -68,15 +74,38 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+# Statements that change no data. Anything else a transaction runs marks it as having written.
+_CHANGES_NOTHING = re.compile(r"\s*(SELECT|BEGIN|SAVEPOINT|RELEASE|ROLLBACK)\b", re.IGNORECASE)
+_WROTE = "shopvault.wrote"
+
+
+def _track_writes(engine: Engine) -> None:
+    @event.listens_for(engine, "begin")
+    def _fresh(connection: Any) -> None:
+        connection.info[_WROTE] = False
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _note(connection: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not _CHANGES_NOTHING.match(statement):
+            connection.info[_WROTE] = True
+
+
+def wrote(connection: AsyncConnection) -> bool:
+    """Whether the connection's transaction ran anything but reads (when unsure: it did)."""
+    return bool(connection.info.get(_WROTE, True))
+
+
 def create_request_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """The asyncio engine used by the API."""
     if is_sqlite(url):
         engine = create_async_engine(async_url(url))
         _configure_sqlite(engine.sync_engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False
     )
+    _track_writes(engine.sync_engine)
+    return engine
 
 
 def create_read_engine(url: str) -> AsyncEngine:

@@ -8,13 +8,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.audit.alerts import AlertMonitor, alert_rules
 from app.audit.chain import AuditKeys
+from app.audit.group_commit import GroupCommit
 from app.audit.integrity import AuditIntegrity, CheckpointScheduler
 from app.audit.refusals import RefusalSummaries
 from app.audit.repository import AuditLog
 from app.auth.tokens import TokenCodec
 from app.blind_index import BlindIndex
 from app.config import Settings
-from app.db import create_read_engine, create_request_engine, session_factory
+from app.db import create_read_engine, create_request_engine, is_sqlite, session_factory
 from app.keyring import master_ring_source
 from app.keys import Keys, load_keys
 from app.kit.idempotency import derive_fingerprint_key
@@ -37,6 +38,8 @@ class Runtime:
     idempotency_key: bytes
     audit_keys: AuditKeys
     audit_log: AuditLog
+    # PostgreSQL: read-only requests' events are committed together (SQLite has one writer).
+    group_commit: GroupCommit | None
     integrity: AuditIntegrity
     checkpoints: CheckpointScheduler
     alerts: AlertMonitor
@@ -79,6 +82,9 @@ class Runtime:
             idempotency_key=derive_fingerprint_key(keys.index),
             audit_keys=audit_keys,
             audit_log=audit_log,
+            group_commit=None
+            if is_sqlite(settings.resolved_database_url)
+            else GroupCommit(audit_log, sessions),
             integrity=integrity,
             checkpoints=checkpoints,
             alerts=alerts,
@@ -91,12 +97,16 @@ class Runtime:
 
     async def drain(self) -> None:
         """Wait for the work started after appends (alert evaluation, a checkpoint)."""
+        if self.group_commit is not None:
+            await self.group_commit.drain()
         await self.alerts.drain()
         await self.checkpoints.drain()
 
     async def close(self) -> None:
         """Finish background work (checkpointing this process's last events), then let go of
         the databases."""
+        if self.group_commit is not None:
+            await self.group_commit.drain()
         await self.alerts.drain()
         await self.checkpoints.close()
         self.integrity.dispose()

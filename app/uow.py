@@ -21,12 +21,13 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.events import EventDraft
+from app.audit.group_commit import GroupCommit
 from app.audit.refusals import RefusalSummaries
 from app.audit.repository import AuditLog
 from app.auth import repository as auth_repository
 from app.auth.tokens import Principal
 from app.client_address import Network, client_address, limit_key
-from app.db import DatabaseUnavailable
+from app.db import DatabaseUnavailable, wrote
 from app.errors import AuditUnavailable, Problem, RateLimited, ServiceUnavailable, Unauthorized
 from app.kit.deps import RuntimeDep
 from app.request_context import current_request_id
@@ -41,9 +42,11 @@ class UnitOfWork:
         refusals: RefusalSummaries | None = None,
         request: Request | None = None,
         trusted_proxies: Sequence[Network] = (),
+        group_commit: GroupCommit | None = None,
     ) -> None:
         self.session = session
         self._audit_log = audit_log
+        self._group_commit = group_commit
         self._refusals = refusals
         self._request = request
         self._trusted_proxies = trusted_proxies
@@ -104,17 +107,32 @@ class UnitOfWork:
         # Only a unit of work that appends anyway carries the summaries (no write of its own).
         summaries = await self._refusals.due() if events and self._refusals is not None else []
         try:
-            await self._audit_log.commit(
-                self.session,
-                [*summaries, *events],
-                request_id=current_request_id(),
-                at=self._audit_log.now(),
-            )
+            if events and self._group_commit is not None and not await self._wrote():
+                # Only events to write: end the read, commit them with other requests' events.
+                await self.session.rollback()
+                await self._group_commit.append(
+                    [*summaries, *events], request_id=current_request_id()
+                )
+            else:
+                await self._audit_log.commit(
+                    self.session,
+                    [*summaries, *events],
+                    request_id=current_request_id(),
+                    at=self._audit_log.now(),
+                )
         except DatabaseUnavailable as exc:
             await self.rollback()
             if summaries and self._refusals is not None:
                 await self._refusals.put_back(summaries)
             raise AuditUnavailable() from exc
+
+    async def _wrote(self) -> bool:
+        session = self.session
+        if session.new or session.dirty or session.deleted:
+            return True
+        if not session.in_transaction():
+            return False
+        return wrote(await session.connection())
 
     async def fail(self, problem: Problem) -> None:
         """Roll back; then, for a valid caller, commit the refusal's own event if it has one
@@ -150,6 +168,7 @@ async def unit_of_work(runtime: RuntimeDep, request: Request) -> AsyncIterator[U
             refusals=runtime.refusals,
             request=request,
             trusted_proxies=runtime.settings.trusted_proxy_networks,
+            group_commit=runtime.group_commit,
         )
         try:
             yield uow

@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.audit.alerts import RuleName, alert_rules, window_start
+from app.audit.alerts import (
+    ESTIMATE_TTL_SECONDS,
+    AlertRule,
+    Estimates,
+    RuleName,
+    alert_rules,
+    window_start,
+)
 from app.audit.events import Action, Actor, EventDraft, Outcome
 from app.config import Settings
 from app.main import create_app
@@ -349,3 +356,27 @@ def test_evaluation_never_fails_a_request(
     login(client, cast.SALES)
     drain(client)
     assert login(client, cast.MANAGER)
+
+
+def _bulk_read(settings: Settings) -> AlertRule:
+    (rule,) = [r for r in alert_rules(settings) if r.name is RuleName.BULK_READ]
+    return rule
+
+
+def test_a_count_below_its_threshold_stands_only_for_this_process_and_only_briefly(
+    settings: Settings,
+) -> None:
+    rule = _bulk_read(settings)
+    assert rule.threshold is not None
+    now = [0.0]
+    estimates = Estimates(monotonic=lambda: now[0])
+    assert not estimates.below(rule, "sales1", 1)  # never counted: ask the database
+    estimates.measured(rule, "sales1", rule.threshold - 2)
+    assert estimates.below(rule, "sales1", 1)
+    assert estimates.below(rule, "sales1", 1)  # exactly at the threshold: not above it
+    assert not estimates.below(rule, "sales1", 1)  # would be above: count exactly
+    estimates.measured(rule, "sales1", 0)
+    now[0] += ESTIMATE_TTL_SECONDS + 0.1
+    # Other processes' events of the same caller are counted at the next look-up.
+    assert not estimates.below(rule, "sales1", 1)
+    assert not estimates.below(rule, "sales2", 0)

@@ -150,7 +150,7 @@ async def admission_refusal(request: Request) -> Problem | None:
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     token = credentials if scheme.lower() == "bearer" and credentials else None
     async with runtime.sessions() as session:
-        uow = UnitOfWork(session, runtime.audit_log)
+        uow = UnitOfWork(session, runtime.audit_log, group_commit=runtime.group_commit)
         try:
             if OPERATIONS[operation].purposes is None:
                 await principal_for(operation)(request, authenticate(runtime, uow, token))

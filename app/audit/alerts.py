@@ -45,6 +45,9 @@ PRESENCE_LOCKED = "presence-locked"
 CUSTOMER_PRESENCE_FAILURES = 5
 CUSTOMER_PRESENCE_PERIOD = timedelta(minutes=30)
 STORE_HOURS_TTL_SECONDS = 60.0
+# How long a count below its threshold stands for this process's own events (``Estimates``).
+ESTIMATE_TTL_SECONDS = 5.0
+ESTIMATE_KEYS = 10_000
 
 
 class RuleName(StrEnum):
@@ -258,11 +261,55 @@ async def on_alert_opened(session: AsyncSession, alert: Alert) -> None:
     )
 
 
+class Estimates:
+    """What this process knows of each counted key's measure, so that a caller far below a
+    threshold costs no counting query per append.
+
+    Each key's measure is taken from the database, then grown by every event of its own this
+    process appends. While that upper bound stays at or below the threshold the key is not
+    counted again, for at most ``ttl`` seconds: the events of the same caller through other
+    processes are counted at the next look-up. Above the threshold, every batch is counted
+    exactly, as before.
+    """
+
+    def __init__(
+        self, ttl: float = ESTIMATE_TTL_SECONDS, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._ttl = ttl
+        self._monotonic = monotonic
+        self._known: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def below(self, rule: AlertRule, key: str, growth: int) -> bool:
+        """Whether the key is surely still at or below the threshold; if so, count the growth."""
+        assert rule.threshold is not None
+        known = self._known.get((rule.name, key))
+        if known is None or self._monotonic() - known[1] > self._ttl:
+            return False
+        value = known[0] + growth
+        if value > rule.threshold:
+            return False
+        self._known[(rule.name, key)] = (value, known[1])
+        return True
+
+    def measured(self, rule: AlertRule, key: str, value: int) -> None:
+        if len(self._known) >= ESTIMATE_KEYS:
+            self._known.clear()
+        self._known[(rule.name, key)] = (value, self._monotonic())
+
+
+def _growth(rule: AlertRule, events: Sequence[Mapping[str, Any]]) -> int:
+    return sum(
+        len(e.get("customer_ids") or ()) if rule.measure is Measure.DISTINCT_CUSTOMERS else units(e)
+        for e in events
+    )
+
+
 async def find_hits(
     session: AsyncSession,
     rules: Sequence[AlertRule],
     events: Sequence[Mapping[str, Any]],
     hours: StoreHours,
+    estimates: Estimates | None = None,
 ) -> list[Hit]:
     """Which rules the committed events trip (reads only)."""
     hits: list[Hit] = []
@@ -280,20 +327,26 @@ async def find_hits(
                 for event in keyed:
                     hits.append(Hit(rule, key, event, units(event), units(event)))
             continue
-        until = max(e["at"] for e in matching)
+        if estimates is not None:
+            by_key = {
+                key: keyed
+                for key, keyed in by_key.items()
+                if not estimates.below(rule, key, _growth(rule, keyed))
+            }
+            if not by_key:
+                continue
+        until = max(e["at"] for keyed in by_key.values() for e in keyed)
         measured = await repository.measure(
             session, rule=rule, keys=sorted(by_key), since=until - rule.period, until=until
         )
         for key, keyed in by_key.items():
             value = measured.get(key, 0)
+            if estimates is not None:
+                estimates.measured(rule, key, value)
             if value > rule.threshold:
-                growth = sum(
-                    len(e.get("customer_ids") or ())
-                    if rule.measure is Measure.DISTINCT_CUSTOMERS
-                    else units(e)
-                    for e in keyed
+                hits.append(
+                    Hit(rule, key, max(keyed, key=lambda e: e["at"]), value, _growth(rule, keyed))
                 )
-                hits.append(Hit(rule, key, max(keyed, key=lambda e: e["at"]), value, growth))
     return hits
 
 
@@ -340,6 +393,7 @@ class AlertMonitor:
         self._hours: StoreHours = {}
         self._hours_read_at: float | None = None
         self._monotonic = monotonic
+        self.estimates = Estimates(monotonic=monotonic)
 
     def on_append(self, rows: Iterable[Mapping[str, Any]]) -> None:
         try:
@@ -356,7 +410,7 @@ class AlertMonitor:
             try:
                 async with self._read_sessions() as session:
                     hours = await self._store_hours(session)
-                    hits = await find_hits(session, self.rules, batch, hours)
+                    hits = await find_hits(session, self.rules, batch, hours, self.estimates)
                 if not hits:
                     continue
                 async with self._sessions() as session:

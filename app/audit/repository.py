@@ -34,6 +34,15 @@ AppendListener = Callable[[Sequence[dict[str, Any]]], None]
 CHAINS_PER_PROCESS = 8
 
 
+@dataclass(frozen=True)
+class Appended:
+    """One request's events, with the request id and time they are stamped with."""
+
+    drafts: Sequence[EventDraft]
+    request_id: str
+    at: datetime
+
+
 @dataclass(eq=False)
 class _Chain:
     name: str
@@ -44,10 +53,17 @@ class _Chain:
 
 
 def _rows(
-    chain: _Chain, drafts: Sequence[EventDraft], key: bytes, request_id: str, at: datetime
+    chain: _Chain,
+    drafts: Sequence[EventDraft],
+    key: bytes,
+    request_id: str,
+    at: datetime,
+    *,
+    after: tuple[int, str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int, str]:
-    """Seal the drafts after the chain's head; the chain itself is not advanced yet."""
-    seq, prev_hash = chain.seq, chain.head
+    """Seal the drafts after the chain's head (or ``after``: the seq and hash of an event not
+    yet committed); the chain itself is not advanced yet."""
+    seq, prev_hash = after if after is not None else (chain.seq, chain.head)
     rows: list[dict[str, Any]] = []
     links: list[dict[str, Any]] = []
     for draft in drafts:
@@ -125,6 +141,11 @@ def _head_upsert(dialect_insert: Any) -> Any:
 _REGISTER = insert(AuditChainRegistry).values(_bound_values(AuditChainRegistry, "r_"))
 
 
+# Up to this many events go in the one-statement append; a larger batch (group commit) in one
+# multi-row INSERT per table.
+_ONE_STATEMENT_MAX = 4
+
+
 @functools.cache
 def _postgres_append(events: int, links: int, register: bool) -> Any:
     """One statement, built once per shape: the events, their customer links, the chain's
@@ -147,7 +168,10 @@ def _postgres_append(events: int, links: int, register: bool) -> Any:
     return _head_upsert(postgresql.insert).add_cte(*inserts)
 
 
-_SQLITE_HEAD = _head_upsert(sqlite.insert)
+_HEAD_UPSERT = {
+    "postgresql": _head_upsert(postgresql.insert),
+    "sqlite": _head_upsert(sqlite.insert),
+}
 
 
 async def _write(
@@ -172,7 +196,7 @@ async def _write(
         params.update(
             {"r_chain": chain, "r_registered_at": at, "r_mac": keys.registry_mac(chain, at)}
         )
-    if connection.dialect.name == "postgresql":
+    if connection.dialect.name == "postgresql" and len(rows) <= _ONE_STATEMENT_MAX:
         for i, row in enumerate(rows):
             params.update({f"e{i}_{name}": value for name, value in _event_row(row).items()})
         for i, link in enumerate(links):
@@ -184,7 +208,7 @@ async def _write(
     await connection.execute(insert(AccessEvent), [_event_row(row) for row in rows])
     if links:
         await connection.execute(insert(AccessEventCustomer), links)
-    await connection.execute(_SQLITE_HEAD, params)
+    await connection.execute(_HEAD_UPSERT[connection.dialect.name], params)
 
 
 class AuditLog:
@@ -231,6 +255,20 @@ class AuditLog:
                 return chain
         return secrets.choice(self._chains)
 
+    def _seal(
+        self, chain: _Chain, groups: Sequence[Appended]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int, str]:
+        rows: list[dict[str, Any]] = []
+        links: list[dict[str, Any]] = []
+        seq, head = chain.seq, chain.head
+        for group in groups:
+            sealed, linked, seq, head = _rows(
+                chain, group.drafts, self._keys.chain, group.request_id, group.at, after=(seq, head)
+            )
+            rows += sealed
+            links += linked
+        return rows, links, seq, head
+
     def _retire(self, chain: _Chain) -> None:
         chain.retired = True
         self._chains[self._chains.index(chain)] = self._fresh_chain()
@@ -244,7 +282,12 @@ class AuditLog:
         at: datetime,
     ) -> None:
         """Append the drafts (sealed) and commit the session's transaction with them."""
-        if not drafts:
+        await self.commit_groups(session, [Appended(drafts, request_id, at)])
+
+    async def commit_groups(self, session: AsyncSession, groups: Sequence[Appended]) -> None:
+        """Append the events of several requests, one after another on one chain, and commit
+        the session's transaction with them."""
+        if not any(group.drafts for group in groups):
             await session.commit()
             return
         # Begin first: on SQLite this takes the write lock, so that no request ever holds a
@@ -255,7 +298,7 @@ class AuditLog:
             async with chain.lock:
                 if chain.retired:
                     continue
-                rows, links, seq, head = _rows(chain, drafts, self._keys.chain, request_id, at)
+                rows, links, seq, head = self._seal(chain, groups)
                 try:
                     await _write(session, self._keys, chain.name, rows, links, seq, head)
                     await session.commit()
