@@ -7,10 +7,12 @@ the queue with exponential back-off) in one statement. A worker that dies holds 
 until they expire; one that is told to stop finishes the message in hand, records what it did
 and gives the rest back.
 
-Recording a batch at once widens one window: a worker killed after handing emails over but
-before the finish commits leaves them claimed, and they are sent again (same ``Message-ID``)
-once the claim expires — at most a batch (``OutboxPolicy.batch``), where it was one message
-when each was recorded on its own. A stopped worker (SIGTERM) records before it exits.
+Recording a batch at once widens one window: a worker killed after handing messages over (to
+the SMTP server or the gateway) but before the finish commits leaves them claimed, and they are
+sent again (an email with the same ``Message-ID``, an SMS with the same ``reference``) once the
+claim expires — at most a batch (``OutboxPolicy.batch``), where it was one message when each was
+recorded on its own. A stopped worker (SIGTERM) records before it exits. The rules and the send
+time (``sent_at``) are reckoned once per batch.
 
 The rules are checked again at send time: a customer who opted out since a marketing message
 was scheduled, was suspended or erased, or removed their email address gets nothing, and no
@@ -141,7 +143,7 @@ class Worker:
     # --- running ---------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """Finish the message in hand, give the rest of the batch back, and return."""
+        """Finish the message in hand, record the batch, give the rest back, and return."""
         self._stop.set()
 
     @property
@@ -179,17 +181,13 @@ class Worker:
         await self.mail.aclose()
         await self.sms.aclose()
 
-    # --- the three steps -------------------------------------------------------------------
+    # --- claim, deliver, finish ------------------------------------------------------------
 
     async def claim(self, now: datetime) -> list[Claimed]:
         async with self.runtime.sessions() as session, session.begin():
             return await repository.claim_due(
                 session, self.name, now, now + self.policy.lease, self.policy.batch
             )
-
-    async def release(self, message_ids: list[str]) -> None:
-        async with self.runtime.sessions() as session, session.begin():
-            await repository.release(session, message_ids, self.name)
 
     async def deliver(self, claimed: Sequence[Claimed], now: datetime) -> int:
         """Deliver a claimed batch and record it in one transaction; the number handled. Once
