@@ -10,8 +10,8 @@ Which way messages leave is decided by the settings, and said at start:
   ``SMS_SENDER_ID`` are required too); without it, each SMS is written to
   ``<DATA_DIR>/outbox/sms/<id>.json``.
 
-SIGTERM or SIGINT: the message in hand is finished, the rest of the batch is given back, and the
-process exits 0.
+SIGTERM or SIGINT: the message in hand is finished, what the batch sent is recorded, the rest of
+it is given back, and the process exits 0.
 """
 
 from __future__ import annotations

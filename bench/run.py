@@ -5,6 +5,7 @@ Run::
     make bench                                   # = .venv/bin/python -m bench.run
     .venv/bin/python -m bench.run --seconds 15 --connections 32 --workers 2
     .venv/bin/python -m bench.run --help         # sizes, loads, where the results go
+    .venv/bin/python -m bench.run --only outbox --out /tmp/outbox.json   # one scenario
 
 PostgreSQL comes from ``SHOPVAULT_BENCH_POSTGRES_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/test``): the run creates a fresh database
@@ -35,6 +36,11 @@ Each load is a warm-up and then ``--seconds`` at the given connections from the 
 machine's 1-minute load average when the scenario ended. The machine is small and shared: only
 ratios measured within one run mean something. ``server_cpu_ms_per_ok`` is the CPU time the
 app's server processes spent per answered request, the steadiest number on a busy machine.
+
+``--only SCENARIO[,SCENARIO]`` runs some of them (``embedded``, ``search``, ``audited_read``,
+``outbox``, ``verify``, ``purge``), seeding only what those need; pair it with ``--out`` so that
+a partial run does not replace ``bench/results.json``. Keys of scenarios not run are absent and
+their targets "not measured".
 
 Exit status 0 when the run completed (``--check``: 1 also when a target is missed).
 """
@@ -73,6 +79,19 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     ("purge_customers_per_s", ">=", 1_000.0),
 )
 
+# What ``--only`` may name, in the order they run.
+SCENARIOS = ("embedded", "search", "audited_read", "outbox", "verify", "purge")
+
+
+def _scenarios(text: str) -> frozenset[str]:
+    names = frozenset(name.strip() for name in text.split(",") if name.strip())
+    unknown = sorted(names - set(SCENARIOS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario {', '.join(unknown) or '(none)'}; choose from {', '.join(SCENARIOS)}"
+        )
+    return names
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -98,7 +117,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--processes", type=int, default=2, help="for bulk seeding")
     p.add_argument("--out", type=Path, default=RESULTS, help="the results file")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument(
+        "--only",
+        type=_scenarios,
+        default=frozenset(SCENARIOS),
+        metavar="SCENARIO[,SCENARIO]",
+        help=f"run only these ({', '.join(SCENARIOS)}); default: all",
+    )
     args = p.parse_args(argv)
+    if args.only != frozenset(SCENARIOS) and args.out == RESULTS:
+        p.error("--only writes a partial run: give it an --out other than bench/results.json")
     if not args.search_small <= args.read_customers <= args.search_large:
         p.error("need --search-small <= --read-customers <= --search-large")
     if args.messages > args.read_customers:
@@ -172,6 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base_url = os.environ.get(POSTGRES_ENV) or DEFAULT_POSTGRES_URL
     how = Load(args.seconds, args.warmup, args.connections)
     searching = Load(args.seconds, args.warmup, args.search_connections)
+    wanted: frozenset[str] = args.only
     results: dict[str, Any] = {}
     with ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shopvault-bench-")))
@@ -181,143 +210,180 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         began = time.monotonic()
         # 1. The embedded default: SQLite, one process.
-        sqlite_dir = scratch / "embedded"
-        sqlite_dir.mkdir(mode=0o700)
-        sqlite_env = {
-            **environment(f"sqlite:///{sqlite_dir / 'shopvault.db'}", sqlite_dir),
-            **LOAD_SETTINGS,
-        }
-        step("SQLite: migrating, seeding the world through the API")
-        shop = seed_world(sqlite_env)
-        small_shop = bulk.seed_customers(
-            sqlite_env,
-            bulk.Cohort(
-                0, args.embedded_customers, shop.store_id, shop.sales.id, visit=True, contract=True
-            ),
-        )
-        bulk.analyze(sqlite_env["SHOPVAULT_DATABASE_URL"])
-        step(f"SQLite: {len(small_shop)} customers; embedded audited read")
-        results["embedded_audited_read"] = scenarios.embedded_read(
-            sqlite_env,
-            shop,
-            small_shop,
-            how=Load(args.seconds, args.warmup, args.embedded_connections),
-            scratch=scratch,
-        )
+        if "embedded" in wanted:
+            sqlite_dir = scratch / "embedded"
+            sqlite_dir.mkdir(mode=0o700)
+            sqlite_env = {
+                **environment(f"sqlite:///{sqlite_dir / 'shopvault.db'}", sqlite_dir),
+                **LOAD_SETTINGS,
+            }
+            step("SQLite: migrating, seeding the world through the API")
+            shop = seed_world(sqlite_env)
+            small_shop = bulk.seed_customers(
+                sqlite_env,
+                bulk.Cohort(
+                    0,
+                    args.embedded_customers,
+                    shop.store_id,
+                    shop.sales.id,
+                    visit=True,
+                    contract=True,
+                ),
+            )
+            bulk.analyze(sqlite_env["SHOPVAULT_DATABASE_URL"])
+            step(f"SQLite: {len(small_shop)} customers; embedded audited read")
+            results["embedded_audited_read"] = scenarios.embedded_read(
+                sqlite_env,
+                shop,
+                small_shop,
+                how=Load(args.seconds, args.warmup, args.embedded_connections),
+                scratch=scratch,
+            )
+        if not wanted - {"embedded"}:
+            step("done")
+            results["seconds"] = round(time.monotonic() - began, 1)
+            return results
 
         # 2.–7. PostgreSQL.
         url = stack.enter_context(bench_database(base_url))
         env = {**environment(url, scratch / "data"), **LOAD_SETTINGS}
         step("PostgreSQL: migrating, seeding the world through the API")
         world = seed_world(env)
+        # The visited customers: the small search's, then up to the audited read's (and the
+        # outbox's, one message each); what is grown later has no visit.
+        visited = 0
+        if wanted & {"search", "audited_read", "verify"}:
+            visited = args.search_small
+        if "audited_read" in wanted:
+            visited = args.read_customers
+        if "outbox" in wanted:
+            visited = max(visited, args.messages)
+        first = min(visited, args.search_small) if "search" in wanted else visited
         seeded = bulk.seed_customers(
             env,
-            bulk.Cohort(
-                0, args.search_small, world.store_id, world.sales.id, visit=True, contract=True
-            ),
+            bulk.Cohort(0, first, world.store_id, world.sales.id, visit=True, contract=True),
             processes=args.processes,
         )
         bulk.analyze(url)
-        step(f"search at {args.search_small} customers")
-        results["search"] = {
-            "small": scenarios.search(
+        if "search" in wanted:
+            step(f"search at {args.search_small} customers")
+            results["search"] = {
+                "small": scenarios.search(
+                    env,
+                    world,
+                    seeded,
+                    args.search_small,
+                    how=searching,
+                    workers=args.workers,
+                    scratch=scratch,
+                )
+            }
+        if visited > len(seeded):
+            seeded += bulk.seed_customers(
+                env,
+                bulk.Cohort(
+                    len(seeded),
+                    visited - len(seeded),
+                    world.store_id,
+                    world.sales.id,
+                    visit=True,
+                    contract=True,
+                ),
+                processes=args.processes,
+            )
+            bulk.analyze(url)
+        if "audited_read" in wanted:
+            step(f"audited read against the bare app, {len(seeded)} customers")
+            results.update(
+                scenarios.audited_read(
+                    env,
+                    world,
+                    seeded,
+                    how=how,
+                    rounds=args.rounds,
+                    workers=args.workers,
+                    scratch=scratch,
+                )
+            )
+        if "outbox" in wanted:
+            step(f"outbox: {args.messages} messages, {args.outbox_workers} workers")
+            results["outbox"] = scenarios.outbox(
                 env,
                 world,
-                seeded,
-                args.search_small,
+                seeded[: args.messages],
+                workers=args.outbox_workers,
+                timeout=args.outbox_timeout,
+                scratch=scratch,
+            )
+            results["outbox_messages_per_s"] = results["outbox"]["messages_per_s"]
+            results["duplicates"] = results["outbox"]["duplicates"]
+        if "search" in wanted:
+            step(f"growing the population to {args.search_large} customers")
+            population = seeded + bulk.seed_customers(
+                env,
+                bulk.Cohort(
+                    len(seeded),
+                    args.search_large - len(seeded),
+                    world.store_id,
+                    world.sales.id,
+                ),
+                processes=args.processes,
+            )
+            bulk.analyze(url)
+            step(f"search at {args.search_large} customers")
+            results["search"]["large"] = scenarios.search(
+                env,
+                world,
+                population,
+                args.search_large,
                 how=searching,
                 workers=args.workers,
                 scratch=scratch,
             )
-        }
-        seeded += bulk.seed_customers(
-            env,
-            bulk.Cohort(
-                args.search_small,
-                args.read_customers - args.search_small,
-                world.store_id,
-                world.sales.id,
-                visit=True,
-                contract=True,
-            ),
-            processes=args.processes,
-        )
-        bulk.analyze(url)
-        step(f"audited read against the bare app, {len(seeded)} customers")
-        results.update(
-            scenarios.audited_read(
+            small, large = results["search"]["small"], results["search"]["large"]
+            results["search_scaling_ratio"] = (
+                round(large["p50_ms"] / small["p50_ms"], 3) if small["p50_ms"] else None
+            )
+        if "verify" in wanted:
+            written = bulk.count_events(url)
+            step(
+                f"sealing {max(0, args.events - written)} events in bulk ({written} written so far)"
+            )
+            bulk.seed_events(
+                env,
+                bulk.EventActor(
+                    world.sales.login, world.sales.id, world.store_code, "POS-BENCH-01"
+                ),
+                [c.customer_id for c in seeded],
+                args.events - written,
+                processes=args.processes,
+            )
+            bulk.analyze(url)
+            step("audit verify --full")
+            results["verify"] = scenarios.verify(env, timeout=1800)
+            results["verify_events_per_s"] = results["verify"]["events_per_s"]
+        if "purge" in wanted:
+            step("purge")
+            results["purge"] = scenarios.purge(
                 env,
                 world,
-                seeded,
-                how=how,
-                rounds=args.rounds,
-                workers=args.workers,
-                scratch=scratch,
+                start_index=args.search_large,
+                count=args.purge_customers,
+                processes=args.processes,
+                timeout=1800,
             )
-        )
-        step(f"outbox: {args.messages} messages, {args.outbox_workers} workers")
-        results["outbox"] = scenarios.outbox(
-            env,
-            world,
-            seeded[: args.messages],
-            workers=args.outbox_workers,
-            timeout=args.outbox_timeout,
-            scratch=scratch,
-        )
-        results["outbox_messages_per_s"] = results["outbox"]["messages_per_s"]
-        results["duplicates"] = results["outbox"]["duplicates"]
-        step(f"growing the population to {args.search_large} customers")
-        population = seeded + bulk.seed_customers(
-            env,
-            bulk.Cohort(
-                args.read_customers,
-                args.search_large - args.read_customers,
-                world.store_id,
-                world.sales.id,
-            ),
-            processes=args.processes,
-        )
-        bulk.analyze(url)
-        step(f"search at {args.search_large} customers")
-        results["search"]["large"] = scenarios.search(
-            env,
-            world,
-            population,
-            args.search_large,
-            how=searching,
-            workers=args.workers,
-            scratch=scratch,
-        )
-        small, large = results["search"]["small"], results["search"]["large"]
-        results["search_scaling_ratio"] = (
-            round(large["p50_ms"] / small["p50_ms"], 3) if small["p50_ms"] else None
-        )
-        written = bulk.count_events(url)
-        step(f"sealing {max(0, args.events - written)} events in bulk ({written} written so far)")
-        bulk.seed_events(
-            env,
-            bulk.EventActor(world.sales.login, world.sales.id, world.store_code, "POS-BENCH-01"),
-            [c.customer_id for c in seeded],
-            args.events - written,
-            processes=args.processes,
-        )
-        bulk.analyze(url)
-        step("audit verify --full")
-        results["verify"] = scenarios.verify(env, timeout=1800)
-        results["verify_events_per_s"] = results["verify"]["events_per_s"]
-        step("purge")
-        results["purge"] = scenarios.purge(
-            env,
-            world,
-            start_index=args.search_large,
-            count=args.purge_customers,
-            processes=args.processes,
-            timeout=1800,
-        )
-        results["purge_customers_per_s"] = results["purge"]["customers_per_s"]
+            results["purge_customers_per_s"] = results["purge"]["customers_per_s"]
         step("done")
         results["seconds"] = round(time.monotonic() - began, 1)
     return results
+
+
+def _setting(value: object) -> object:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, frozenset):
+        return [name for name in SCENARIOS if name in value]
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         },
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        "settings": {k: _setting(v) for k, v in vars(args).items()}
         | {"host": HOST, "app_settings": LOAD_SETTINGS},
         **results,
     }

@@ -9,7 +9,7 @@ import ipaddress
 import json
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -93,22 +93,43 @@ class Received:
 
 
 class SmtpSink:
-    """An aiosmtpd server that keeps every message it accepts."""
+    """An aiosmtpd server that keeps every message it accepts.
+
+    ``connections`` counts the SMTP connections made to it. ``drop``: the ordinal numbers
+    (1-based, over every ``DATA`` it gets) at which it closes the connection instead of
+    answering, the message not kept (a server that went away mid-transaction). ``on_data`` is
+    called (in the server's thread) with each ordinal before it answers."""
 
     def __init__(
         self,
         *,
         tls: SelfSigned | None = None,
         credentials: tuple[str, str] | None = None,
+        drop: Collection[int] = (),
+        on_data: Callable[[int], None] | None = None,
     ) -> None:
         self.received: list[Received] = []
+        self.connections = 0
+        self._data_seen = 0
+        self._drop = frozenset(drop)
+        self._on_data = on_data
         self._tls = tls
         self._credentials = credentials
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self.port = 0
 
-    async def handle_DATA(self, _server: SMTP, session: Session, envelope: Envelope) -> str:
+    def message_ids(self) -> list[str]:
+        return [str(r.message["Message-ID"]) for r in self.received]
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self._data_seen += 1
+        if self._on_data is not None:
+            self._on_data(self._data_seen)
+        if self._data_seen in self._drop:
+            assert server.transport is not None
+            server.transport.abort()
+            return "421 closing"
         assert envelope.mail_from is not None and isinstance(envelope.original_content, bytes)
         login = session.auth_data.login.decode() if session.authenticated else None
         self.received.append(
@@ -137,6 +158,7 @@ class SmtpSink:
         return AuthResult(success=ok, handled=False, auth_data=data if ok else None)
 
     def _protocol(self) -> SMTP:
+        self.connections += 1
         return SMTP(
             self,
             hostname="localhost",

@@ -11,7 +11,8 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from app.messages.delivery import (
     FileSms,
     HttpSms,
     MailBackend,
+    OutgoingEmail,
     OutgoingSms,
+    SendResult,
     SmsBackend,
     SmtpMail,
 )
@@ -493,6 +496,225 @@ def test_suspension_after_queueing_stops_all_but_urgent(
     deliver(settings, gateway_backends(gateway, tmp_path), day + timedelta(minutes=1))
     assert message(db, ordinary).failure_reason == "customer_suspended"
     assert [r.body["reference"] for r in gateway.requests] == [urgent]
+
+
+# --- batches: one SMTP connection, one transaction -----------------------------------------------
+
+
+def smtp_backends(smtp: SmtpSink, tmp_path: Path) -> Backends:
+    def build() -> tuple[MailBackend, SmsBackend]:
+        mail = SmtpMail(
+            host="127.0.0.1",
+            port=smtp.port,
+            sender=SENDER,
+            starttls=False,
+            username=None,
+            password=None,
+        )
+        return mail, FileSms(tmp_path / "sms", SENDER_ID)
+
+    return build
+
+
+def message_ids(ids: list[str]) -> list[str]:
+    return sorted(f"<{i}@shop.example.jp>" for i in ids)
+
+
+def test_batches_go_out_over_one_smtp_connection_each_message_once(
+    client: TestClient,
+    settings: Settings,
+    db: Engine,
+    customer: Registered,
+    sales: Headers,
+    tmp_path: Path,
+    day: datetime,
+) -> None:
+    ids = queue(client, sales, customer, day, *(["repair_ready"] * 12), channel="email")
+    metrics = WorkerMetrics()
+    sent_at = day + timedelta(minutes=1)
+    with SmtpSink() as smtp:
+        backends = smtp_backends(smtp, tmp_path)
+        handled = deliver(
+            settings, backends, sent_at, policy=OutboxPolicy(batch=5), metrics=metrics
+        )
+        assert handled == 12
+        assert deliver(settings, backends, sent_at + timedelta(days=1)) == 0
+    assert smtp.connections == 1  # three batches, one connection
+    assert sorted(smtp.message_ids()) == message_ids(ids)
+    stored = [message(db, i) for i in ids]
+    assert {(m.status, m.attempts, m.sent_at, m.claimed_by) for m in stored} == {
+        ("sent", 1, sent_at, None)
+    }
+    assert all(m.provider_reference == f"<{m.id}@shop.example.jp>" for m in stored)
+    assert metrics.deliveries.labels("email", "sent")._value.get() == 12
+
+
+def test_a_connection_dropped_mid_batch_loses_nothing_and_sends_nothing_twice(
+    client: TestClient,
+    settings: Settings,
+    db: Engine,
+    customer: Registered,
+    sales: Headers,
+    tmp_path: Path,
+    day: datetime,
+) -> None:
+    """The server goes away during the third email's DATA: that one is retried after its
+    back-off, the rest of the batch goes out over a new connection, and every email arrives
+    once."""
+    ids = queue(client, sales, customer, day, *(["repair_ready"] * 6), channel="email")
+    now = day + timedelta(minutes=1)
+    with SmtpSink(drop={3}) as smtp:
+        backends = smtp_backends(smtp, tmp_path)
+        assert deliver(settings, backends, now, policy=OutboxPolicy(batch=6)) == 6
+        assert smtp.connections == 2
+        stored = [message(db, i) for i in ids]
+        (dropped,) = (m for m in stored if m.status != "sent")
+        assert (dropped.status, dropped.attempts) == ("queued", 1)
+        assert dropped.failure_reason == "smtp_unavailable"
+        assert dropped.claimed_by is None and dropped.due_at > now
+        assert len(smtp.received) == 5
+        assert deliver(settings, backends, dropped.due_at) == 1
+        assert deliver(settings, backends, dropped.due_at + timedelta(days=1)) == 0
+    assert sorted(smtp.message_ids()) == message_ids(ids)
+    assert {message(db, i).status for i in ids} == {"sent"}
+    assert (message(db, dropped.id).attempts, message(db, dropped.id).failure_reason) == (2, None)
+
+
+def test_a_worker_killed_mid_batch_loses_nothing(
+    client: TestClient,
+    settings: Settings,
+    db: Engine,
+    customer: Registered,
+    sales: Headers,
+    tmp_path: Path,
+    day: datetime,
+) -> None:
+    """Killed after handing two emails of its batch over, before recording them: the batch
+    stays claimed until the lease ends, then every message is delivered. The two handed over
+    are sent again (with the same Message-ID, for the receiving side to recognise) — the window
+    of recording a batch at once — and nothing else is."""
+    ids = queue(client, sales, customer, day, *(["repair_ready"] * 5), channel="email")
+    now = day + timedelta(minutes=1)
+    policy = OutboxPolicy(batch=5, lease=timedelta(minutes=5))
+
+    class KilledMidBatch(SmtpMail):
+        async def send_many(
+            self, emails: Sequence[OutgoingEmail], stop: Callable[[], bool] = lambda: False
+        ) -> list[SendResult]:
+            await super().send_many(emails[:2], stop)
+            raise KeyboardInterrupt  # stands for SIGKILL: nothing after this runs
+
+    with SmtpSink() as smtp:
+
+        def dying() -> tuple[MailBackend, SmsBackend]:
+            mail = KilledMidBatch(
+                host="127.0.0.1",
+                port=smtp.port,
+                sender=SENDER,
+                starttls=False,
+                username=None,
+                password=None,
+            )
+            return mail, FileSms(tmp_path / "sms", SENDER_ID)
+
+        with pytest.raises(KeyboardInterrupt):
+            deliver(settings, dying, now, policy=policy)
+        assert len(smtp.received) == 2
+        assert {message(db, i).status for i in ids} == {"queued"}
+        backends = smtp_backends(smtp, tmp_path)
+        assert deliver(settings, backends, now + timedelta(minutes=4), policy=policy) == 0
+        assert deliver(settings, backends, now + timedelta(minutes=5), policy=policy) == 5
+        assert deliver(settings, backends, now + timedelta(minutes=20), policy=policy) == 0
+    received = smtp.message_ids()
+    assert sorted(set(received)) == message_ids(ids)  # none lost
+    assert len(received) == 7  # the two handed over before the kill, twice; the rest once
+    assert {message(db, i).status for i in ids} == {"sent"}
+
+
+def test_stopping_mid_batch_finishes_the_email_in_hand_and_gives_back_the_rest(
+    client: TestClient,
+    settings: Settings,
+    db: Engine,
+    customer: Registered,
+    sales: Headers,
+    tmp_path: Path,
+    day: datetime,
+) -> None:
+    ids = queue(client, sales, customer, day, *(["repair_ready"] * 4), channel="email")
+    now = day + timedelta(minutes=1)
+    workers: list[tuple[Worker, asyncio.AbstractEventLoop]] = []
+
+    def stop_on_second(ordinal: int) -> None:
+        if ordinal != 2:
+            return
+        worker, loop = workers[0]
+        told = threading.Event()
+
+        def stop() -> None:
+            worker.request_stop()
+            told.set()
+
+        loop.call_soon_threadsafe(stop)
+        assert told.wait(10)
+
+    with SmtpSink(on_data=stop_on_second) as smtp:
+
+        async def work(runtime: Runtime) -> int:
+            mail, sms = smtp_backends(smtp, tmp_path)()
+            worker = Worker(runtime, mail=mail, sms=sms, policy=OutboxPolicy(batch=4))
+            workers.append((worker, asyncio.get_running_loop()))
+            try:
+                return await worker.run_once(now)
+            finally:
+                await worker.aclose()
+
+        assert in_runtime(settings, work) == 2
+    stored = [message(db, i) for i in ids]
+    assert sorted(m.status for m in stored) == ["queued", "queued", "sent", "sent"]
+    assert all(m.claimed_by is None and m.claim_expires_at is None for m in stored)
+    assert sorted(smtp.message_ids()) == message_ids([m.id for m in stored if m.status == "sent"])
+
+
+def test_two_workers_with_batches_over_smtp_never_send_an_email_twice(
+    client: TestClient,
+    settings: Settings,
+    db: Engine,
+    customer: Registered,
+    sales: Headers,
+    tmp_path: Path,
+    day: datetime,
+) -> None:
+    ids = queue(client, sales, customer, day, *(["repair_ready"] * 40), channel="email")
+    now = day + timedelta(minutes=1)
+    with SmtpSink() as smtp:
+
+        async def both(_runtime: Runtime) -> list[int]:
+            runtimes = [Runtime.build(settings), Runtime.build(settings)]
+            workers = []
+            for i, runtime in enumerate(runtimes):
+                mail, sms = smtp_backends(smtp, tmp_path)()
+                workers.append(
+                    Worker(
+                        runtime,
+                        mail=mail,
+                        sms=sms,
+                        policy=OutboxPolicy(batch=4),
+                        name=f"worker-{i}",
+                    )
+                )
+            try:
+                return list(await asyncio.gather(*(w.run_once(now) for w in workers)))
+            finally:
+                for worker, runtime in zip(workers, runtimes, strict=True):
+                    await worker.aclose()
+                    await runtime.engine.dispose()
+
+        handled = in_runtime(settings, both)
+    assert sorted(smtp.message_ids()) == message_ids(ids)  # every email, each exactly once
+    assert sum(handled) == 40
+    assert all(count > 0 for count in handled), handled
+    assert smtp.connections == 2  # one each
+    assert {m.status for m in messages(db, customer.id)} == {"sent"}
 
 
 # --- several workers ----------------------------------------------------------------------------

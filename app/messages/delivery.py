@@ -4,6 +4,9 @@ Every backend gets the message already rendered and the address already decrypte
 returns (delivered; maybe with the provider's reference) or raises ``DeliveryFailed`` saying
 whether trying again could help. Failure reasons are short codes, never an address or a server's
 own words (an SMTP reply can quote the recipient).
+
+Email goes out a batch at a time (``send_many``): over SMTP, the whole batch on one connection,
+kept open while the worker has more to send and let go when it runs out (``idle``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import re
 import smtplib
 import ssl
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
@@ -57,10 +61,30 @@ class OutgoingSms:
     body: str
 
 
+# What one email in a batch came to: delivered (with the provider's reference, if any), or why not.
+SendResult = str | None | DeliveryFailed
+StopAsked = Callable[[], bool]
+
+
+def _never() -> bool:
+    return False
+
+
 class MailBackend(Protocol):
     description: str
 
     async def send(self, email: OutgoingEmail) -> str | None: ...
+
+    async def send_many(
+        self, emails: Sequence[OutgoingEmail], stop: StopAsked = _never
+    ) -> list[SendResult]:
+        """Send in order, one result per email attempted; ``stop()`` is asked before each, and
+        once it says yes the rest are left unattempted (the list is then shorter)."""
+        ...
+
+    async def idle(self) -> None:
+        """Nothing more to send for now: let go of any open connection."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -122,13 +146,35 @@ class FileMail:
         await asyncio.to_thread(_write_private, self.directory, f"{email.message_id}.eml", data)
         return str(message["Message-ID"])
 
+    async def send_many(
+        self, emails: Sequence[OutgoingEmail], stop: StopAsked = _never
+    ) -> list[SendResult]:
+        results: list[SendResult] = []
+        for email in emails:
+            if stop():
+                break
+            try:
+                results.append(await self.send(email))
+            except DeliveryFailed as failure:
+                results.append(failure)
+        return results
+
+    async def idle(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None
 
 
 class SmtpMail:
     """Email over SMTP with the standard library, in a thread: STARTTLS (certificate verified)
-    when configured, and login only over it."""
+    when configured, and login only over it.
+
+    One connection carries a whole batch (and the next, while there are more): a new one is
+    opened only when there is none or the server dropped it. A connection found dropped before
+    the email was handed over is replaced and the email sent on the new one; one that cannot be
+    opened fails the rest of the batch with the same reason (no reconnecting for each email).
+    Only one batch at a time (the worker is sequential)."""
 
     def __init__(
         self,
@@ -148,34 +194,112 @@ class SmtpMail:
         self.tls_context = tls_context
         tls = " with STARTTLS" if starttls else ""
         self.description = f"email over SMTP to {host}:{port}{tls}"
+        self._smtp: smtplib.SMTP | None = None
 
     async def send(self, email: OutgoingEmail) -> str | None:
-        return await asyncio.to_thread(self._send, email)
+        (result,) = await self.send_many([email])
+        if isinstance(result, DeliveryFailed):
+            raise result
+        return result
 
-    def _send(self, email: OutgoingEmail) -> str | None:
-        message = build_email(email, self.sender)
-        try:
-            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
-                smtp.ehlo()
-                if self.starttls:
-                    smtp.starttls(context=self.tls_context or ssl.create_default_context())
-                    smtp.ehlo()
-                if self.username:
-                    smtp.login(self.username, self.password or "")
-                smtp.send_message(message, from_addr=self.sender, to_addrs=[email.to])
-        except smtplib.SMTPRecipientsRefused:
-            raise DeliveryFailed("smtp_recipient_refused", permanent=True) from None
-        except smtplib.SMTPAuthenticationError:
-            raise DeliveryFailed("smtp_authentication_failed", permanent=False) from None
-        except smtplib.SMTPResponseException as exc:
-            permanent = 500 <= exc.smtp_code < 600
-            raise DeliveryFailed(f"smtp_{exc.smtp_code}", permanent=permanent) from None
-        except (smtplib.SMTPException, OSError):
-            raise DeliveryFailed("smtp_unavailable", permanent=False) from None
-        return str(message["Message-ID"])
+    async def send_many(
+        self, emails: Sequence[OutgoingEmail], stop: StopAsked = _never
+    ) -> list[SendResult]:
+        if not emails:
+            return []
+        return await asyncio.to_thread(self._send_many, emails, stop)
+
+    async def idle(self) -> None:
+        await asyncio.to_thread(self._disconnect)
 
     async def aclose(self) -> None:
-        return None
+        await self.idle()
+
+    # --- in the thread ---------------------------------------------------------------------
+
+    def _send_many(self, emails: Sequence[OutgoingEmail], stop: StopAsked) -> list[SendResult]:
+        self._check_kept_connection()
+        results: list[SendResult] = []
+        for email in emails:
+            if stop():
+                break
+            try:
+                smtp = self._connection()
+            except (smtplib.SMTPException, OSError) as exc:
+                # Cannot connect: the rest of the batch would fail the same way.
+                failure = _smtp_failure(exc)
+                results.extend(failure for _ in emails[len(results) :])
+                break
+            results.append(self._send_one(smtp, email))
+        return results
+
+    def _send_one(self, smtp: smtplib.SMTP, email: OutgoingEmail) -> SendResult:
+        message = build_email(email, self.sender)
+        try:
+            smtp.send_message(message, from_addr=self.sender, to_addrs=[email.to])
+        except (smtplib.SMTPException, OSError) as exc:
+            failure = _smtp_failure(exc)
+            # After a refused recipient, sender or data smtplib has reset the transaction and
+            # the connection goes on; after anything else (or 421) it is not trusted again.
+            kept = isinstance(exc, smtplib.SMTPRecipientsRefused) or (
+                isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code != 421
+            )
+            if not kept:
+                self._disconnect()
+            return failure
+        return str(message["Message-ID"])
+
+    def _check_kept_connection(self) -> None:
+        """A connection kept from an earlier batch may have been let go by the server: ask
+        (``NOOP``) before handing it an email, so that an email is never sent twice because a
+        connection died under it."""
+        if self._smtp is None:
+            return
+        try:
+            code, _ = self._smtp.noop()
+        except (smtplib.SMTPException, OSError):
+            code = 0
+        if code != 250:
+            self._disconnect()
+
+    def _connection(self) -> smtplib.SMTP:
+        if self._smtp is not None:
+            return self._smtp
+        smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        try:
+            smtp.ehlo()
+            if self.starttls:
+                smtp.starttls(context=self.tls_context or ssl.create_default_context())
+                smtp.ehlo()
+            if self.username:
+                smtp.login(self.username, self.password or "")
+        except BaseException:
+            smtp.close()
+            raise
+        self._smtp = smtp
+        return smtp
+
+    def _disconnect(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        try:
+            smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            smtp.close()
+
+
+def _smtp_failure(exc: smtplib.SMTPException | OSError) -> DeliveryFailed:
+    """The short code for what went wrong (never the server's words: they can quote the
+    recipient), and whether trying again could help."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return DeliveryFailed("smtp_recipient_refused", permanent=True)
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        return DeliveryFailed("smtp_authentication_failed", permanent=False)
+    if isinstance(exc, smtplib.SMTPResponseException):
+        permanent = 500 <= exc.smtp_code < 600
+        return DeliveryFailed(f"smtp_{exc.smtp_code}", permanent=permanent)
+    return DeliveryFailed("smtp_unavailable", permanent=False)
 
 
 def sms_payload(sms: OutgoingSms, sender_id: str) -> dict[str, str]:

@@ -1,9 +1,18 @@
 """The outbox worker: claim due messages, deliver them, record the outcome.
 
-Three short transactions per batch, none held open while talking to a mail server or gateway:
-claim (a lease: ``claimed_by`` until ``claim_expires_at``), deliver, then finish — sent, failed,
-or back to the queue with exponential back-off. A worker that dies holds its claims only until
-they expire; one that is told to stop finishes the message in hand and gives the rest back.
+Two short transactions per batch, neither held open while talking to a mail server or gateway:
+claim (a lease: ``claimed_by`` until ``claim_expires_at``), then — after the batch was delivered,
+its emails over one SMTP connection — finish: every message's outcome (sent, failed, or back to
+the queue with exponential back-off) in one statement. A worker that dies holds its claims only
+until they expire; one that is told to stop finishes the message in hand, records what it did
+and gives the rest back.
+
+Recording a batch at once widens one window: a worker killed after handing messages over (to
+the SMTP server or the gateway) but before the finish commits leaves them claimed, and they are
+sent again (an email with the same ``Message-ID``, an SMS with the same ``reference``) once the
+claim expires — at most a batch (``OutboxPolicy.batch``), where it was one message when each was
+recorded on its own. A stopped worker (SIGTERM) records before it exits. The rules and the send
+time (``sent_at``) are reckoned once per batch.
 
 The rules are checked again at send time: a customer who opted out since a marketing message
 was scheduled, was suspended or erased, or removed their email address gets nothing, and no
@@ -19,9 +28,10 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypedDict
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -33,9 +43,10 @@ from app.messages.delivery import (
     MailBackend,
     OutgoingEmail,
     OutgoingSms,
+    SendResult,
     SmsBackend,
 )
-from app.messages.repository import KIND_PRESENCE_CODE, Claimed
+from app.messages.repository import KIND_PRESENCE_CODE, Claimed, Finished
 from app.messages.rules import (
     PRESENCE_CODE_TTL,
     Category,
@@ -85,9 +96,22 @@ class WorkerMetrics:
         )
 
 
+class Changes(TypedDict, total=False):
+    """The columns an outcome changes; the others stay as they were."""
+
+    status: str
+    attempts: int
+    due_at: datetime
+    sent_at: datetime
+    failed_at: datetime
+    failure_reason: str | None
+    provider_reference: str | None
+    body_enc: None
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    values: dict[str, object]
+    values: Changes
     label: str  # sent | failed | retry | deferred
 
 
@@ -119,7 +143,7 @@ class Worker:
     # --- running ---------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """Finish the message in hand, give the rest of the batch back, and return."""
+        """Finish the message in hand, record the batch, give the rest back, and return."""
         self._stop.set()
 
     @property
@@ -132,17 +156,14 @@ class Worker:
         if to:
             await notify_alerts(self.runtime.sessions, self.mail, to, now or self.clock())
         handled = 0
-        while not self.stopping:
-            at = now or self.clock()
-            claimed = await self.claim(at)
-            if not claimed:
-                break
-            for position, item in enumerate(claimed):
-                if self.stopping:
-                    await self.release([c.message.id for c in claimed[position:]])
+        try:
+            while not self.stopping:
+                claimed = await self.claim(now or self.clock())
+                if not claimed:
                     break
-                await self.deliver(item, now or self.clock())
-                handled += 1
+                handled += await self.deliver(claimed, now or self.clock())
+        finally:
+            await self.mail.idle()
         return handled
 
     async def run(self, poll_interval: float = 1.0) -> None:
@@ -160,7 +181,7 @@ class Worker:
         await self.mail.aclose()
         await self.sms.aclose()
 
-    # --- the three steps -------------------------------------------------------------------
+    # --- claim, deliver, finish ------------------------------------------------------------
 
     async def claim(self, now: datetime) -> list[Claimed]:
         async with self.runtime.sessions() as session, session.begin():
@@ -168,15 +189,40 @@ class Worker:
                 session, self.name, now, now + self.policy.lease, self.policy.batch
             )
 
-    async def release(self, message_ids: list[str]) -> None:
+    async def deliver(self, claimed: Sequence[Claimed], now: datetime) -> int:
+        """Deliver a claimed batch and record it in one transaction; the number handled. Once
+        told to stop, the messages not yet attempted are given back in the same transaction."""
+        outcomes: dict[str, Outcome] = {}
+        emails: list[tuple[Claimed, OutgoingEmail]] = []
+        for item in claimed:
+            if self.stopping:
+                break
+            decided = self._decide(item, now)
+            if isinstance(decided, Outcome):
+                outcomes[item.message.id] = decided
+            elif isinstance(decided, OutgoingSms):
+                outcomes[item.message.id] = self._outcome(item, now, await self._send_sms(decided))
+            else:
+                emails.append((item, decided))
+        if emails:
+            results = await self.mail.send_many([e for _, e in emails], lambda: self.stopping)
+            for (item, _), result in zip(emails, results, strict=False):
+                outcomes[item.message.id] = self._outcome(item, now, result)
+        finished = [
+            _finished(c, outcomes[c.message.id]) for c in claimed if c.message.id in outcomes
+        ]
+        untouched = [c.message.id for c in claimed if c.message.id not in outcomes]
         async with self.runtime.sessions() as session, session.begin():
-            await repository.release(session, message_ids, self.name)
+            kept = await repository.finish_all(session, self.name, finished)
+            await repository.release(session, untouched, self.name)
+        for item in claimed:
+            outcome = outcomes.get(item.message.id)
+            if outcome is not None:
+                self._report(item, outcome, kept=item.message.id in kept)
+        return len(outcomes)
 
-    async def deliver(self, item: Claimed, now: datetime) -> None:
-        outcome = await self._attempt(item, now)
+    def _report(self, item: Claimed, outcome: Outcome, *, kept: bool) -> None:
         message = item.message
-        async with self.runtime.sessions() as session, session.begin():
-            kept = await repository.finish(session, message.id, self.name, **outcome.values)
         if not kept:
             log.warning(
                 "claim lost before the outcome was recorded",
@@ -201,7 +247,7 @@ class Worker:
     # --- deciding and delivering -----------------------------------------------------------
 
     def _failed(self, item: Claimed, now: datetime, reason: str, attempts: int) -> Outcome:
-        values: dict[str, object] = {
+        values: Changes = {
             "status": "failed",
             "failed_at": now,
             "failure_reason": reason,
@@ -234,34 +280,46 @@ class Worker:
             return "no_address"
         return None
 
-    async def _attempt(self, item: Claimed, now: datetime) -> Outcome:
+    def _decide(self, item: Claimed, now: datetime) -> Outcome | OutgoingEmail | OutgoingSms:
+        """What to send, or the outcome without sending: refused by the rules, deferred past
+        the quiet hours, or nothing that can be read."""
         message = item.message
         refusal = self._refusal(item, now)
         if refusal is not None:
             return self._failed(item, now, refusal, message.attempts)
         if message.kind != KIND_PRESENCE_CODE and not message.urgent and in_quiet_hours(now):
             return Outcome({"status": "scheduled", "due_at": end_of_quiet_hours(now)}, "deferred")
-        attempts = message.attempts + 1
         try:
-            reference = await self._send(item, now)
+            return self._outgoing(item, now)
+        except DecryptionError:
+            return self._failed(item, now, "undecryptable", message.attempts + 1)
+
+    async def _send_sms(self, sms: OutgoingSms) -> SendResult:
+        try:
+            return await self.sms.send(sms)
         except DeliveryFailed as failure:
-            if failure.permanent or attempts >= self.policy.max_attempts:
-                return self._failed(item, now, failure.reason, attempts)
+            return failure
+
+    def _outcome(self, item: Claimed, now: datetime, result: SendResult) -> Outcome:
+        """Sent, failed for good, or back to the queue after its back-off."""
+        message = item.message
+        attempts = message.attempts + 1
+        if isinstance(result, DeliveryFailed):
+            if result.permanent or attempts >= self.policy.max_attempts:
+                return self._failed(item, now, result.reason, attempts)
             retry_at = now + self.policy.backoff(attempts)
             if message.kind != KIND_PRESENCE_CODE and not message.urgent:
                 retry_at = end_of_quiet_hours(retry_at) if in_quiet_hours(retry_at) else retry_at
             return Outcome(
-                {"attempts": attempts, "due_at": retry_at, "failure_reason": failure.reason},
+                {"attempts": attempts, "due_at": retry_at, "failure_reason": result.reason},
                 "retry",
             )
-        except DecryptionError:
-            return self._failed(item, now, "undecryptable", attempts)
-        values: dict[str, object] = {
+        values: Changes = {
             "status": "sent",
             "sent_at": now,
             "attempts": attempts,
             "failure_reason": None,
-            "provider_reference": reference,
+            "provider_reference": result,
         }
         if message.kind == KIND_PRESENCE_CODE:
             values["body_enc"] = None
@@ -273,7 +331,8 @@ class Worker:
         )
         return ciphers.for_scope(KeyScope.PROFILE)
 
-    async def _send(self, item: Claimed, now: datetime) -> str | None:
+    def _outgoing(self, item: Claimed, now: datetime) -> OutgoingEmail | OutgoingSms:
+        """The message as it leaves: decrypted here, in memory only."""
         message = item.message
         if message.body_enc is None or item.profile_key is None:
             raise DecryptionError("nothing to send")
@@ -287,11 +346,27 @@ class Worker:
             if item.phone_enc is None:
                 raise DecryptionError("no phone")
             phone = opened(item.phone_enc, "customer", "phone", message.customer_id)
-            return await self.sms.send(OutgoingSms(message_id=message.id, to=phone, body=body))
+            return OutgoingSms(message_id=message.id, to=phone, body=body)
         if item.email_enc is None or message.subject_enc is None:
             raise DecryptionError("no email")
         address = opened(item.email_enc, "customer", "email", message.customer_id)
         subject = opened(message.subject_enc, "message", "subject", message.id)
-        return await self.mail.send(
-            OutgoingEmail(message_id=message.id, to=address, subject=subject, body=body, date=now)
+        return OutgoingEmail(
+            message_id=message.id, to=address, subject=subject, body=body, date=now
         )
+
+
+def _finished(item: Claimed, outcome: Outcome) -> Finished:
+    """The message's row after ``outcome``: what it changes, the rest as claimed."""
+    message, changes = item.message, outcome.values
+    return Finished(
+        message_id=message.id,
+        status=changes.get("status", message.status),
+        attempts=changes.get("attempts", message.attempts),
+        due_at=changes.get("due_at", message.due_at),
+        sent_at=changes.get("sent_at", message.sent_at),
+        failed_at=changes.get("failed_at", message.failed_at),
+        failure_reason=changes.get("failure_reason", message.failure_reason),
+        provider_reference=changes.get("provider_reference", message.provider_reference),
+        drop_body="body_enc" in changes,
+    )

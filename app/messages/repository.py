@@ -6,7 +6,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ScalarSelect, case, func, or_, select, update
+from sqlalchemy import (
+    Boolean,
+    ScalarSelect,
+    String,
+    case,
+    column,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+    values,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.crypto import KeyScope
@@ -201,15 +213,70 @@ async def claim_due(
     ]
 
 
-async def finish(session: AsyncSession, message_id: str, worker: str, **values: object) -> bool:
-    """Record the outcome of a delivery and end the claim; False if the claim was lost."""
-    result = await session.execute(
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A claimed message's state once its delivery was decided: every column the worker may
+    change, the unchanged ones as claimed (nothing else writes them while the claim holds)."""
+
+    message_id: str
+    status: str
+    attempts: int
+    due_at: datetime
+    sent_at: datetime | None
+    failed_at: datetime | None
+    failure_reason: str | None
+    provider_reference: str | None
+    drop_body: bool  # a presence code's text is kept only until it is delivered or failed
+
+
+_FINISHED_COLUMNS = (
+    ("message_id", String()),
+    ("status", Message.status.type),
+    ("attempts", Message.attempts.type),
+    ("due_at", Message.due_at.type),
+    ("sent_at", Message.sent_at.type),
+    ("failed_at", Message.failed_at.type),
+    ("failure_reason", Message.failure_reason.type),
+    ("provider_reference", Message.provider_reference.type),
+    ("drop_body", Boolean()),
+)
+
+
+async def finish_all(session: AsyncSession, worker: str, finished: Sequence[Finished]) -> set[str]:
+    """Record the outcomes of a batch and end their claims, in one statement
+    (``WITH o(…) AS (VALUES …) UPDATE message … FROM o``, on PostgreSQL and SQLite alike); the
+    ids whose claim was still ``worker``'s (the others were not touched)."""
+    if not finished:
+        return set()
+    # Every value a typed bind (a bare None would make an untyped NULL column on PostgreSQL).
+    rows = [
+        tuple(literal(getattr(f, name), type_) for name, type_ in _FINISHED_COLUMNS)
+        for f in finished
+    ]
+    outcome = (
+        values(*(column(name, type_) for name, type_ in _FINISHED_COLUMNS), name="outcome")
+        .data(rows)
+        .cte("outcome")
+    )
+    statement = (
         update(Message)
-        .where(Message.id == message_id, Message.claimed_by == worker)
-        .values(claimed_by=None, claim_expires_at=None, **values)
+        .where(Message.id == outcome.c.message_id, Message.claimed_by == worker)
+        .values(
+            claimed_by=None,
+            claim_expires_at=None,
+            status=outcome.c.status,
+            attempts=outcome.c.attempts,
+            due_at=outcome.c.due_at,
+            sent_at=outcome.c.sent_at,
+            failed_at=outcome.c.failed_at,
+            failure_reason=outcome.c.failure_reason,
+            provider_reference=outcome.c.provider_reference,
+            body_enc=case((outcome.c.drop_body, None), else_=Message.body_enc),
+        )
+        .returning(Message.id)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+    return set((await session.execute(statement)).scalars().all())
 
 
 async def release(session: AsyncSession, message_ids: Sequence[str], worker: str) -> None:
