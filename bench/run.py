@@ -60,6 +60,15 @@ from bench.serve import HOST
 POSTGRES_ENV = "SHOPVAULT_BENCH_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 RESULTS = ROOT / "bench" / "results.json"
+SCENARIOS = (
+    "embedded_audited_read",
+    "search.small",
+    "audited_read",
+    "outbox",
+    "search.large",
+    "verify",
+    "purge",
+)
 
 # The targets of issue 12, on this machine: (key, comparison, bound).
 TARGETS: tuple[tuple[str, str, float], ...] = (
@@ -98,7 +107,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--processes", type=int, default=2, help="for bulk seeding")
     p.add_argument("--out", type=Path, default=RESULTS, help="the results file")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument(
+        "--only",
+        type=lambda v: set(v.split(",")),
+        default=None,
+        metavar="SCENARIO[,SCENARIO]",
+        help=f"run only these ({', '.join(SCENARIOS)}; audited_read includes bare_read); "
+        "needs --out",
+    )
     args = p.parse_args(argv)
+    if args.only is not None:
+        if not args.only <= set(SCENARIOS):
+            p.error(f"--only: unknown {', '.join(sorted(args.only - set(SCENARIOS)))}")
+        if args.out == RESULTS:
+            p.error("--only writes a partial run: give --out (bench/results.json is a whole run)")
     if not args.search_small <= args.read_customers <= args.search_large:
         p.error("need --search-small <= --read-customers <= --search-large")
     if args.messages > args.read_customers:
@@ -168,6 +190,9 @@ def table(results: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    def want(*names: str) -> bool:
+        return args.only is None or bool(args.only & set(names))
+
     base_url = os.environ.get(POSTGRES_ENV) or DEFAULT_POSTGRES_URL
     how = Load(args.seconds, args.warmup, args.connections)
     searching = Load(args.seconds, args.warmup, args.search_connections)
@@ -179,32 +204,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"bench: [{time.monotonic() - began:6.0f} s] {what}", flush=True)
 
         began = time.monotonic()
+
+        def finish() -> dict[str, Any]:
+            step("done")
+            results["seconds"] = round(time.monotonic() - began, 1)
+            return results
+
         # 1. The embedded default: SQLite, one process.
-        sqlite_dir = scratch / "embedded"
-        sqlite_dir.mkdir(mode=0o700)
-        sqlite_env = {
-            **environment(f"sqlite:///{sqlite_dir / 'shopvault.db'}", sqlite_dir),
-            **LOAD_SETTINGS,
-        }
-        step("SQLite: migrating, seeding the world through the API")
-        shop = seed_world(sqlite_env)
-        small_shop = bulk.seed_customers(
-            sqlite_env,
-            bulk.Cohort(
-                0, args.embedded_customers, shop.store_id, shop.sales.id, visit=True, contract=True
-            ),
-        )
-        bulk.analyze(sqlite_env["SHOPVAULT_DATABASE_URL"])
-        step(f"SQLite: {len(small_shop)} customers; embedded audited read")
-        results["embedded_audited_read"] = scenarios.embedded_read(
-            sqlite_env,
-            shop,
-            small_shop,
-            how=Load(args.seconds, args.warmup, args.embedded_connections),
-            scratch=scratch,
-        )
+        if want("embedded_audited_read"):
+            sqlite_dir = scratch / "embedded"
+            sqlite_dir.mkdir(mode=0o700)
+            sqlite_env = {
+                **environment(f"sqlite:///{sqlite_dir / 'shopvault.db'}", sqlite_dir),
+                **LOAD_SETTINGS,
+            }
+            step("SQLite: migrating, seeding the world through the API")
+            shop = seed_world(sqlite_env)
+            small_shop = bulk.seed_customers(
+                sqlite_env,
+                bulk.Cohort(
+                    0,
+                    args.embedded_customers,
+                    shop.store_id,
+                    shop.sales.id,
+                    visit=True,
+                    contract=True,
+                ),
+            )
+            bulk.analyze(sqlite_env["SHOPVAULT_DATABASE_URL"])
+            step(f"SQLite: {len(small_shop)} customers; embedded audited read")
+            results["embedded_audited_read"] = scenarios.embedded_read(
+                sqlite_env,
+                shop,
+                small_shop,
+                how=Load(args.seconds, args.warmup, args.embedded_connections),
+                scratch=scratch,
+            )
 
         # 2.–7. PostgreSQL.
+        if not want(*SCENARIOS[1:]):
+            return finish()
         url = stack.enter_context(bench_database(base_url))
         env = {**environment(url, scratch / "data"), **LOAD_SETTINGS}
         step("PostgreSQL: migrating, seeding the world through the API")
@@ -217,18 +256,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             processes=args.processes,
         )
         bulk.analyze(url)
-        step(f"search at {args.search_small} customers")
-        results["search"] = {
-            "small": scenarios.search(
-                env,
-                world,
-                seeded,
-                args.search_small,
-                how=searching,
-                workers=args.workers,
-                scratch=scratch,
-            )
-        }
+        if want("search.small"):
+            step(f"search at {args.search_small} customers")
+            results["search"] = {
+                "small": scenarios.search(
+                    env,
+                    world,
+                    seeded,
+                    args.search_small,
+                    how=searching,
+                    workers=args.workers,
+                    scratch=scratch,
+                )
+            }
+        if not want(*SCENARIOS[2:]):
+            return finish()
         seeded += bulk.seed_customers(
             env,
             bulk.Cohort(
@@ -242,29 +284,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             processes=args.processes,
         )
         bulk.analyze(url)
-        step(f"audited read against the bare app, {len(seeded)} customers")
-        results.update(
-            scenarios.audited_read(
+        if want("audited_read"):
+            step(f"audited read against the bare app, {len(seeded)} customers")
+            results.update(
+                scenarios.audited_read(
+                    env,
+                    world,
+                    seeded,
+                    how=how,
+                    rounds=args.rounds,
+                    workers=args.workers,
+                    scratch=scratch,
+                )
+            )
+        if want("outbox"):
+            step(f"outbox: {args.messages} messages, {args.outbox_workers} workers")
+            results["outbox"] = scenarios.outbox(
                 env,
                 world,
-                seeded,
-                how=how,
-                rounds=args.rounds,
-                workers=args.workers,
+                seeded[: args.messages],
+                workers=args.outbox_workers,
+                timeout=args.outbox_timeout,
                 scratch=scratch,
             )
-        )
-        step(f"outbox: {args.messages} messages, {args.outbox_workers} workers")
-        results["outbox"] = scenarios.outbox(
-            env,
-            world,
-            seeded[: args.messages],
-            workers=args.outbox_workers,
-            timeout=args.outbox_timeout,
-            scratch=scratch,
-        )
-        results["outbox_messages_per_s"] = results["outbox"]["messages_per_s"]
-        results["duplicates"] = results["outbox"]["duplicates"]
+            results["outbox_messages_per_s"] = results["outbox"]["messages_per_s"]
+            results["duplicates"] = results["outbox"]["duplicates"]
+        if not want(*SCENARIOS[4:]):
+            return finish()
         step(f"growing the population to {args.search_large} customers")
         population = seeded + bulk.seed_customers(
             env,
@@ -277,46 +323,52 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             processes=args.processes,
         )
         bulk.analyze(url)
-        step(f"search at {args.search_large} customers")
-        results["search"]["large"] = scenarios.search(
-            env,
-            world,
-            population,
-            args.search_large,
-            how=searching,
-            workers=args.workers,
-            scratch=scratch,
-        )
-        small, large = results["search"]["small"], results["search"]["large"]
-        results["search_scaling_ratio"] = (
-            round(large["p50_ms"] / small["p50_ms"], 3) if small["p50_ms"] else None
-        )
-        written = bulk.count_events(url)
-        step(f"sealing {max(0, args.events - written)} events in bulk ({written} written so far)")
-        bulk.seed_events(
-            env,
-            bulk.EventActor(world.sales.login, world.sales.id, world.store_code, "POS-BENCH-01"),
-            [c.customer_id for c in seeded],
-            args.events - written,
-            processes=args.processes,
-        )
-        bulk.analyze(url)
-        step("audit verify --full")
-        results["verify"] = scenarios.verify(env, timeout=1800)
-        results["verify_events_per_s"] = results["verify"]["events_per_s"]
-        step("purge")
-        results["purge"] = scenarios.purge(
-            env,
-            world,
-            start_index=args.search_large,
-            count=args.purge_customers,
-            processes=args.processes,
-            timeout=1800,
-        )
-        results["purge_customers_per_s"] = results["purge"]["customers_per_s"]
-        step("done")
-        results["seconds"] = round(time.monotonic() - began, 1)
-    return results
+        if want("search.large"):
+            step(f"search at {args.search_large} customers")
+            results.setdefault("search", {})["large"] = scenarios.search(
+                env,
+                world,
+                population,
+                args.search_large,
+                how=searching,
+                workers=args.workers,
+                scratch=scratch,
+            )
+        if want("search.small") and want("search.large"):
+            small, large = results["search"]["small"], results["search"]["large"]
+            results["search_scaling_ratio"] = (
+                round(large["p50_ms"] / small["p50_ms"], 3) if small["p50_ms"] else None
+            )
+        if want("verify"):
+            written = bulk.count_events(url)
+            step(
+                f"sealing {max(0, args.events - written)} events in bulk ({written} written so far)"
+            )
+            bulk.seed_events(
+                env,
+                bulk.EventActor(
+                    world.sales.login, world.sales.id, world.store_code, "POS-BENCH-01"
+                ),
+                [c.customer_id for c in seeded],
+                args.events - written,
+                processes=args.processes,
+            )
+            bulk.analyze(url)
+            step("audit verify --full")
+            results["verify"] = scenarios.verify(env, timeout=1800)
+            results["verify_events_per_s"] = results["verify"]["events_per_s"]
+        if want("purge"):
+            step("purge")
+            results["purge"] = scenarios.purge(
+                env,
+                world,
+                start_index=args.search_large,
+                count=args.purge_customers,
+                processes=args.processes,
+                timeout=1800,
+            )
+            results["purge_customers_per_s"] = results["purge"]["customers_per_s"]
+        return finish()
 
 
 def main(argv: list[str] | None = None) -> int:
