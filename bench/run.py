@@ -109,7 +109,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     p.add_argument(
         "--only",
-        type=lambda v: set(v.split(",")),
+        type=lambda v: sorted(set(v.split(","))),
         default=None,
         metavar="SCENARIO[,SCENARIO]",
         help=f"run only these ({', '.join(SCENARIOS)}; audited_read includes bare_read); "
@@ -117,8 +117,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     if args.only is not None:
-        if not args.only <= set(SCENARIOS):
-            p.error(f"--only: unknown {', '.join(sorted(args.only - set(SCENARIOS)))}")
+        if not set(args.only) <= set(SCENARIOS):
+            p.error(f"--only: unknown {', '.join(sorted(set(args.only) - set(SCENARIOS)))}")
         if args.out == RESULTS:
             p.error("--only writes a partial run: give --out (bench/results.json is a whole run)")
     if not args.search_small <= args.read_customers <= args.search_large:
@@ -191,7 +191,7 @@ def table(results: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     def want(*names: str) -> bool:
-        return args.only is None or bool(args.only & set(names))
+        return args.only is None or bool(set(args.only) & set(names))
 
     base_url = os.environ.get(POSTGRES_ENV) or DEFAULT_POSTGRES_URL
     how = Load(args.seconds, args.warmup, args.connections)
