@@ -5,16 +5,26 @@ picks the drivers: asyncpg / aiosqlite on the request path, psycopg / sqlite3 fo
 CLI. SQLite connections get WAL, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for every
 transaction: each request that touches data also appends an access event, and a deferred BEGIN
 that later writes fails with "database is locked" under concurrency.
+
+Within the API process the SQLite request engine also queues its transactions on a
+``WriterQueue`` before ``BEGIN IMMEDIATE``: one at a time, first come first served, so that no
+connection waits in SQLite's busy handler (which sleeps up to 100 ms between tries and lets
+newcomers in first). Other processes (the worker, the CLI) still meet it through the busy timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sqlite3
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -23,6 +33,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.pool import NullPool
+from sqlalchemy.util import await_only
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -57,7 +68,7 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, writers: WriterQueue | None = None) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event emit the BEGIN itself (pysqlite would defer it).
@@ -71,7 +82,112 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
+        if writers is not None:
+            writers.take(connection.connection.dbapi_connection)
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    if writers is not None:
+        # Given back when the connection returns to the pool (after its COMMIT or ROLLBACK),
+        # or is invalidated, detached or closed.
+        def _give_back(dbapi_connection: Any, *_args: Any) -> None:
+            writers.release(dbapi_connection)
+
+        for name in ("checkin", "invalidate", "soft_invalidate", "close", "detach"):
+            event.listen(engine, name, _give_back)
+
+
+class WriterQueue:
+    """This process's writers to one SQLite database, one at a time, in the order they came.
+
+    An owner (a DBAPI connection, or any object) holds the queue from its ``BEGIN IMMEDIATE`` until
+    it lets go; a release hands the queue straight to the first waiter, so a newcomer never
+    overtakes. A wait longer than the busy timeout fails as SQLite's own would ("database is
+    locked"). Not reentrant across owners: a holder that waits for a second transaction of its
+    own waits for itself, as it would on SQLite's lock.
+    """
+
+    def __init__(self, timeout_seconds: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> None:
+        self._timeout = timeout_seconds
+        self._holder: object | None = None
+        self._waiters: deque[tuple[asyncio.Future[None], object]] = deque()
+
+    @property
+    def holder(self) -> object | None:
+        return self._holder
+
+    def waiting(self) -> int:
+        return sum(1 for future, _owner in self._waiters if not future.done())
+
+    def take(self, owner: object) -> None:
+        """Block (in SQLAlchemy's greenlet, from sync engine code) until ``owner`` holds it."""
+        if self._holder is owner:
+            return
+        if self._holder is None and not self._waiters:
+            self._holder = owner
+            return
+        await_only(self.acquire(owner))
+
+    async def acquire(self, owner: object) -> None:
+        if self._holder is owner:
+            return
+        if self._holder is None and not self._waiters:
+            self._holder = owner
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (future, owner)
+        self._waiters.append(entry)
+        try:
+            async with asyncio.timeout(self._timeout):
+                await future
+        except BaseException as exc:
+            if future.done() and not future.cancelled():
+                self.release(owner)  # handed over while leaving: pass it on
+            else:
+                future.cancel()
+                if entry in self._waiters:  # a release may have skipped it already
+                    self._waiters.remove(entry)
+            if isinstance(exc, TimeoutError):
+                raise OperationalError(
+                    "BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")
+                ) from exc
+            raise
+
+    def release(self, owner: object) -> None:
+        if self._holder is not owner:
+            return
+        self._holder = None
+        if self._waiters and not _in_loop_of(self._waiters[0][0]):
+            # A connection let go of outside the event loop (garbage collected): hand over there.
+            self._waiters[0][0].get_loop().call_soon_threadsafe(self._hand_over)
+            return
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self._holder is not None:
+            return
+        while self._waiters:
+            future, next_owner = self._waiters.popleft()
+            if not future.done():
+                self._holder = next_owner
+                future.set_result(None)
+                return
+
+    @asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        """Hold it for work of one's own (a checkpoint written from a worker thread)."""
+        owner = object()
+        await self.acquire(owner)
+        try:
+            yield
+        finally:
+            self.release(owner)
+
+
+def _in_loop_of(future: asyncio.Future[None]) -> bool:
+    try:
+        return asyncio.get_running_loop() is future.get_loop()
+    except RuntimeError:
+        return False
 
 
 # Statements that change no data. Anything else a transaction runs marks it as having written.
@@ -95,11 +211,13 @@ def wrote(connection: AsyncConnection) -> bool:
     return bool(connection.info.get(_WROTE, True))
 
 
-def create_request_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """The asyncio engine used by the API."""
+def create_request_engine(
+    url: str, *, pool_size: int = 10, writers: WriterQueue | None = None
+) -> AsyncEngine:
+    """The asyncio engine used by the API; on SQLite its transactions queue on ``writers``."""
     if is_sqlite(url):
         engine = create_async_engine(async_url(url))
-        _configure_sqlite(engine.sync_engine)
+        _configure_sqlite(engine.sync_engine, writers or WriterQueue())
         return engine
     engine = create_async_engine(
         async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False

@@ -15,7 +15,13 @@ from app.audit.repository import AuditLog
 from app.auth.tokens import TokenCodec
 from app.blind_index import BlindIndex
 from app.config import Settings
-from app.db import create_read_engine, create_request_engine, is_sqlite, session_factory
+from app.db import (
+    WriterQueue,
+    create_read_engine,
+    create_request_engine,
+    is_sqlite,
+    session_factory,
+)
 from app.keyring import master_ring_source
 from app.keys import Keys, load_keys
 from app.kit.idempotency import derive_fingerprint_key
@@ -44,6 +50,8 @@ class Runtime:
     checkpoints: CheckpointScheduler
     alerts: AlertMonitor
     read_engine: AsyncEngine
+    # On SQLite: this process's writers, one at a time (``app/db.py``); None on PostgreSQL.
+    writers: WriterQueue | None
     vault: Vault
     blind_index: BlindIndex
     proof_keys: ProofKeys
@@ -52,14 +60,16 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         keys = load_keys(settings)
-        engine = create_request_engine(settings.resolved_database_url)
+        url = settings.resolved_database_url
+        writers = WriterQueue() if is_sqlite(url) else None
+        engine = create_request_engine(url, writers=writers)
         limits = RateLimits(settings.redis_url, key_prefix=settings.redis_key_prefix)
         sessions = session_factory(engine)
         audit_keys = AuditKeys.derive(keys.index)
         audit_log = AuditLog(audit_keys)
         integrity = AuditIntegrity(settings, audit_keys, clock=audit_log.now)
-        checkpoints = CheckpointScheduler(integrity)
-        read_engine = create_read_engine(settings.resolved_database_url)
+        checkpoints = CheckpointScheduler(integrity, writers=writers)
+        read_engine = create_read_engine(url)
         alerts = AlertMonitor(
             sessions, alert_rules(settings), read_sessions=session_factory(read_engine)
         )
@@ -89,6 +99,7 @@ class Runtime:
             checkpoints=checkpoints,
             alerts=alerts,
             read_engine=read_engine,
+            writers=writers,
             vault=Vault(master_ring_source(settings)),
             blind_index=BlindIndex(keys.index),
             proof_keys=ProofKeys(keys.index),

@@ -4,6 +4,7 @@ that only move forward."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -19,8 +20,9 @@ from sqlalchemy.exc import DBAPIError
 from app.audit import repository as audit_repository
 from app.audit.chain import GENESIS_HASH, AuditKeys
 from app.audit.checkpoints import parse_line
-from app.audit.integrity import AuditIntegrity
+from app.audit.integrity import AuditIntegrity, CheckpointScheduler
 from app.config import Settings
+from app.db import WriterQueue
 from app.keys import decode_key
 from app.main import create_app
 from tests import cast
@@ -275,3 +277,31 @@ def test_verification_without_its_checkpoint_file_is_unavailable(
         response = client.get("/access-events/verify", headers=auditor_headers(client))
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_the_periodic_checkpoint_waits_its_turn_with_the_writers(
+    client: TestClient, settings: Settings
+) -> None:
+    # On SQLite the API's transactions queue in the process (app/db.py); the checkpoint, written
+    # from a worker thread, queues with them instead of waiting in SQLite's busy handler.
+    login(client, cast.SALES)
+    writers = WriterQueue()
+    integrity = AuditIntegrity(settings, _keys(settings))
+    scheduler = CheckpointScheduler(integrity, writers=writers)
+
+    async def scenario() -> None:
+        await writers.acquire("a request")
+        run = asyncio.create_task(scheduler.close())  # a forced checkpoint of pending appends
+        scheduler.on_append([])
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert writers.waiting() == 1  # the checkpoint, not yet in its worker thread
+        writers.release("a request")
+        await run
+        await scheduler.drain()
+        assert writers.holder is None
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        integrity.dispose()

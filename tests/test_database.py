@@ -17,19 +17,29 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine, make_url, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import event as sa_event
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from app import db as app_db
 from app.audit import repository as audit_repository
 from app.audit.chain import GENESIS_HASH, derive_chain_key, seal
 from app.config import Settings
-from app.db import SQLITE_BUSY_TIMEOUT_MS, create_request_engine, create_sync_engine
+from app.db import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    WriterQueue,
+    create_request_engine,
+    create_sync_engine,
+    is_sqlite,
+)
 from app.keys import decode_key
 from app.main import create_app
 from app.models import AccessEvent, AccessEventCustomer, AuditChain
 from tests import cast, databases
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, login
+from tests.world import purpose, register_customer
 
 CONCURRENT_REQUESTS = 20
 MEMBERS = list(cast.STAFF)
@@ -142,6 +152,112 @@ def test_sqlite_sync_transactions_begin_immediate(sqlite_url: str) -> None:
             assert _try_to_write_from_outside(_sqlite_path(sqlite_url)) == "database is locked"
     finally:
         engine.dispose()
+
+
+# --- one writer at a time within the process (SQLite) -----------------------------------------
+# The request engine queues its transactions before BEGIN IMMEDIATE, first come first served, so
+# that none waits in SQLite's busy handler. With busy_timeout 0 any such wait would fail at once
+# with "database is locked": these tests need no timing.
+
+
+def _no_busy_wait(engine: Any) -> None:
+    @sa_event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout=0")
+        cursor.close()
+
+
+def test_sqlite_request_transactions_queue_in_the_process(sqlite_url: str) -> None:
+    async def writers() -> list[int]:
+        queue = WriterQueue()
+        engine = create_request_engine(sqlite_url, writers=queue)
+        _no_busy_wait(engine)
+        inside: list[int] = []
+
+        async def one(n: int) -> int:
+            async with engine.begin() as connection:
+                inside.append(n)
+                assert len(inside) == 1  # alone in a write transaction
+                await connection.execute(text("SELECT count(*) FROM staff"))
+                await asyncio.sleep(0)
+                await connection.execute(text("UPDATE staff SET updated_at = updated_at"))
+                inside.remove(n)
+            return n
+
+        try:
+            done = await asyncio.gather(*(one(n) for n in range(CONCURRENT_REQUESTS)))
+        finally:
+            await engine.dispose()
+        assert queue.holder is None and queue.waiting() == 0
+        return done
+
+    assert asyncio.run(writers()) == list(range(CONCURRENT_REQUESTS))
+
+
+def test_writer_queue_is_first_come_first_served() -> None:
+    async def scenario() -> list[str]:
+        queue = WriterQueue()
+        order: list[str] = []
+
+        async def writer(name: str) -> None:
+            await queue.acquire(name)
+            order.append(name)
+            await asyncio.sleep(0)
+            queue.release(name)
+
+        await queue.acquire("first")
+        tasks = [asyncio.create_task(writer(name)) for name in ("a", "b", "c")]
+        await asyncio.sleep(0)  # a, b and c are waiting
+        assert queue.waiting() == 3
+        queue.release("first")  # handed to a at once: a newcomer cannot overtake it
+        assert queue.holder == "a"
+        late = asyncio.create_task(writer("late"))
+        await asyncio.gather(*tasks, late)
+        assert queue.holder is None
+        return order
+
+    assert asyncio.run(scenario()) == ["a", "b", "c", "late"]
+
+
+def test_writer_queue_wait_is_bounded_and_cancellable() -> None:
+    async def scenario() -> None:
+        queue = WriterQueue(timeout_seconds=0.01)
+        await queue.acquire("holder")
+        with pytest.raises(OperationalError, match="database is locked"):
+            await queue.acquire("other")  # as SQLite's busy timeout would answer
+        cancelled = asyncio.create_task(queue.acquire("cancelled"))
+        waiting = asyncio.create_task(queue.acquire("next"))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        queue.release("holder")
+        assert queue.holder == "next"  # the cancelled waiter is skipped
+        await waiting
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        queue.release("next")
+        assert queue.holder is None and queue.waiting() == 0
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_audited_reads_on_sqlite_never_wait_in_sqlite(
+    settings: Settings, db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not is_sqlite(settings.resolved_database_url):
+        pytest.skip("the queue of writers is SQLite's")
+    with TestClient(create_app(settings)) as client:
+        sales = login(client, cast.SALES)
+        customer = register_customer(client, sales)
+    headers = purpose(sales, "contract", visit=customer.visit_id)
+    # From here on a connection that waited for SQLite's lock would fail: 503, not 200.
+    monkeypatch.setattr(app_db, "SQLITE_BUSY_TIMEOUT_MS", 0)
+    reads = [
+        {"method": "GET", "url": f"/customers/{customer.id}", "headers": headers}
+        for _ in range(CONCURRENT_REQUESTS)
+    ]
+    assert asyncio.run(_concurrently(settings, reads)) == [200] * CONCURRENT_REQUESTS
+    _check_chains(db, settings)
 
 
 # --- concurrent writers keep the chains consistent ---------------------------------------------

@@ -14,12 +14,14 @@ import json
 import secrets
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from jose import jwt
 
+from app.auth import tokens
 from app.config import Settings
 from app.keys import decode_key
 from tests import cast
@@ -124,6 +126,23 @@ def test_expired(client: TestClient, claims: dict[str, Any], jwt_key: bytes) -> 
     now = int(time.time())
     expired = {**claims, "iat": now - 1000, "exp": now - 1}
     assert_refused(client, jwt.encode(expired, jwt_key, algorithm="HS256"))
+
+
+def test_expiry_is_checked_on_each_use(
+    client: TestClient, issued: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The process keeps the claims of tokens it verified (app/auth/tokens.py); a token it
+    # accepted a moment ago is refused the second it expires.
+    assert client.get("/auth/me", headers=_bearer(issued)).status_code == 200
+    expires_at = jwt.get_unverified_claims(issued)["exp"]
+    monkeypatch.setattr(tokens, "time", SimpleNamespace(time=lambda: expires_at + 1.0))
+    assert_refused(client, issued)
+
+
+def test_logout_refuses_a_verified_token_at_once(client: TestClient, issued: str) -> None:
+    assert client.get("/auth/me", headers=_bearer(issued)).status_code == 200
+    assert client.post("/auth/logout", headers=_bearer(issued)).status_code in {200, 204}
+    assert_refused(client, issued)
 
 
 def test_wrong_audience(client: TestClient, claims: dict[str, Any], jwt_key: bytes) -> None:

@@ -41,7 +41,7 @@ from app.audit.verify import (
     verify,
 )
 from app.config import Settings
-from app.db import SQLITE_BUSY_TIMEOUT_MS, create_sync_engine, is_sqlite, sync_url
+from app.db import SQLITE_BUSY_TIMEOUT_MS, WriterQueue, create_sync_engine, is_sqlite, sync_url
 from app.models import AuditCheckpoint
 from app.models.base import utcnow
 
@@ -185,8 +185,17 @@ class CheckpointScheduler:
     checkpoint is tried at once (in a worker thread: the request does not wait); and a timer
     makes sure that the events of the last minute are checkpointed even if no append follows."""
 
-    def __init__(self, integrity: AuditIntegrity, *, timer_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        integrity: AuditIntegrity,
+        *,
+        timer_seconds: float | None = None,
+        writers: WriterQueue | None = None,
+    ) -> None:
         self.integrity = integrity
+        # On SQLite the checkpoint waits its turn with the process's requests (``app/db.py``)
+        # rather than in SQLite's busy handler, and they do not wait in it behind the checkpoint.
+        self._writers = writers
         self.timer_seconds = (
             integrity.interval.total_seconds() if timer_seconds is None else timer_seconds
         )
@@ -227,7 +236,11 @@ class CheckpointScheduler:
 
     async def _run(self, force: bool) -> None:
         try:
-            written = await asyncio.to_thread(self.integrity.checkpoint_if_due, force=force)
+            if self._writers is None:
+                written = await asyncio.to_thread(self.integrity.checkpoint_if_due, force=force)
+            else:
+                async with self._writers.held():
+                    written = await asyncio.to_thread(self.integrity.checkpoint_if_due, force=force)
         except Exception:
             log.exception("audit checkpoint failed")
             written = None

@@ -9,7 +9,8 @@ from fastapi import Depends, Header, Request
 from app.runtime import Runtime
 
 
-def runtime_of(request: Request) -> Runtime:
+async def runtime_of(request: Request) -> Runtime:
+    # async: FastAPI would run a plain function in its thread pool, on every request.
     runtime: Runtime = request.app.state.runtime
     return runtime
 

@@ -67,7 +67,7 @@ def page_request(limit: int, cursor: str | None) -> PageRequest:
     return PageRequest(limit=limit, after=decode_cursor(cursor) if cursor is not None else None)
 
 
-def _page(
+async def _page(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page.")] = 100,
     cursor: Annotated[
         str | None,

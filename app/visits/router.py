@@ -34,7 +34,7 @@ TEXT_NOTE = (
 )
 
 
-def _text_request(
+async def _text_request(
     _caller: CurrentPrincipal,  # the token is checked (401) before the headers (400)
     purpose: Annotated[str | None, PURPOSE_HEADER] = None,
     reason: Annotated[str | None, REASON_HEADER] = None,
