@@ -36,6 +36,9 @@ machine's 1-minute load average when the scenario ended. The machine is small an
 ratios measured within one run mean something. ``server_cpu_ms_per_ok`` is the CPU time the
 app's server processes spent per answered request, the steadiest number on a busy machine.
 
+``--only verify`` (a comma-separated list of scenario names) runs only those scenarios and the
+seeding they need; a partial run must be written elsewhere (``--out``).
+
 Exit status 0 when the run completed (``--check``: 1 also when a target is missed).
 """
 
@@ -73,6 +76,8 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     ("purge_customers_per_s", ">=", 1_000.0),
 )
 
+SCENARIOS = ("embedded_audited_read", "search", "audited_read", "outbox", "verify", "purge")
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -98,7 +103,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--processes", type=int, default=2, help="for bulk seeding")
     p.add_argument("--out", type=Path, default=RESULTS, help="the results file")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument(
+        "--only",
+        type=lambda value: [name.strip() for name in value.split(",") if name.strip()],
+        metavar="SCENARIO[,SCENARIO]",
+        help=f"run only these scenarios (of {', '.join(SCENARIOS)}) and what they need",
+    )
     args = p.parse_args(argv)
+    if args.only is not None and (unknown := set(args.only) - set(SCENARIOS)):
+        p.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {SCENARIOS}")
+    if args.only is not None and args.out == RESULTS:
+        p.error("--only is a partial run: give --out (bench/results.json holds whole runs)")
     if not args.search_small <= args.read_customers <= args.search_large:
         p.error("need --search-small <= --read-customers <= --search-large")
     if args.messages > args.read_customers:
@@ -172,6 +187,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     how = Load(args.seconds, args.warmup, args.connections)
     searching = Load(args.seconds, args.warmup, args.search_connections)
     results: dict[str, Any] = {}
+
+    def wanted(*scenarios: str) -> bool:
+        return args.only is None or any(name in args.only for name in scenarios)
+
     with ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shopvault-bench-")))
 
@@ -180,31 +199,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         began = time.monotonic()
         # 1. The embedded default: SQLite, one process.
-        sqlite_dir = scratch / "embedded"
-        sqlite_dir.mkdir(mode=0o700)
-        sqlite_env = {
-            **environment(f"sqlite:///{sqlite_dir / 'shopvault.db'}", sqlite_dir),
-            **LOAD_SETTINGS,
-        }
-        step("SQLite: migrating, seeding the world through the API")
-        shop = seed_world(sqlite_env)
-        small_shop = bulk.seed_customers(
-            sqlite_env,
-            bulk.Cohort(
-                0, args.embedded_customers, shop.store_id, shop.sales.id, visit=True, contract=True
-            ),
-        )
-        bulk.analyze(sqlite_env["SHOPVAULT_DATABASE_URL"])
-        step(f"SQLite: {len(small_shop)} customers; embedded audited read")
-        results["embedded_audited_read"] = scenarios.embedded_read(
-            sqlite_env,
-            shop,
-            small_shop,
-            how=Load(args.seconds, args.warmup, args.embedded_connections),
-            scratch=scratch,
-        )
+        if wanted("embedded_audited_read"):
+            sqlite_dir = scratch / "embedded"
+            sqlite_dir.mkdir(mode=0o700)
+            sqlite_env = {
+                **environment(f"sqlite:///{sqlite_dir / 'shopvault.db'}", sqlite_dir),
+                **LOAD_SETTINGS,
+            }
+            step("SQLite: migrating, seeding the world through the API")
+            shop = seed_world(sqlite_env)
+            small_shop = bulk.seed_customers(
+                sqlite_env,
+                bulk.Cohort(
+                    0,
+                    args.embedded_customers,
+                    shop.store_id,
+                    shop.sales.id,
+                    visit=True,
+                    contract=True,
+                ),
+            )
+            bulk.analyze(sqlite_env["SHOPVAULT_DATABASE_URL"])
+            step(f"SQLite: {len(small_shop)} customers; embedded audited read")
+            results["embedded_audited_read"] = scenarios.embedded_read(
+                sqlite_env,
+                shop,
+                small_shop,
+                how=Load(args.seconds, args.warmup, args.embedded_connections),
+                scratch=scratch,
+            )
 
         # 2.–7. PostgreSQL.
+        if not wanted("search", "audited_read", "outbox", "verify", "purge"):
+            results["seconds"] = round(time.monotonic() - began, 1)
+            return results
         url = stack.enter_context(bench_database(base_url))
         env = {**environment(url, scratch / "data"), **LOAD_SETTINGS}
         step("PostgreSQL: migrating, seeding the world through the API")
@@ -217,103 +245,114 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             processes=args.processes,
         )
         bulk.analyze(url)
-        step(f"search at {args.search_small} customers")
-        results["search"] = {
-            "small": scenarios.search(
+        if wanted("search"):
+            step(f"search at {args.search_small} customers")
+            results["search"] = {
+                "small": scenarios.search(
+                    env,
+                    world,
+                    seeded,
+                    args.search_small,
+                    how=searching,
+                    workers=args.workers,
+                    scratch=scratch,
+                )
+            }
+        if wanted("audited_read", "outbox", "search"):
+            seeded += bulk.seed_customers(
+                env,
+                bulk.Cohort(
+                    args.search_small,
+                    args.read_customers - args.search_small,
+                    world.store_id,
+                    world.sales.id,
+                    visit=True,
+                    contract=True,
+                ),
+                processes=args.processes,
+            )
+            bulk.analyze(url)
+        if wanted("audited_read"):
+            step(f"audited read against the bare app, {len(seeded)} customers")
+            results.update(
+                scenarios.audited_read(
+                    env,
+                    world,
+                    seeded,
+                    how=how,
+                    rounds=args.rounds,
+                    workers=args.workers,
+                    scratch=scratch,
+                )
+            )
+        if wanted("outbox"):
+            step(f"outbox: {args.messages} messages, {args.outbox_workers} workers")
+            results["outbox"] = scenarios.outbox(
                 env,
                 world,
-                seeded,
-                args.search_small,
+                seeded[: args.messages],
+                workers=args.outbox_workers,
+                timeout=args.outbox_timeout,
+                scratch=scratch,
+            )
+            results["outbox_messages_per_s"] = results["outbox"]["messages_per_s"]
+            results["duplicates"] = results["outbox"]["duplicates"]
+        if wanted("search"):
+            step(f"growing the population to {args.search_large} customers")
+            population = seeded + bulk.seed_customers(
+                env,
+                bulk.Cohort(
+                    args.read_customers,
+                    args.search_large - args.read_customers,
+                    world.store_id,
+                    world.sales.id,
+                ),
+                processes=args.processes,
+            )
+            bulk.analyze(url)
+            step(f"search at {args.search_large} customers")
+            results["search"]["large"] = scenarios.search(
+                env,
+                world,
+                population,
+                args.search_large,
                 how=searching,
                 workers=args.workers,
                 scratch=scratch,
             )
-        }
-        seeded += bulk.seed_customers(
-            env,
-            bulk.Cohort(
-                args.search_small,
-                args.read_customers - args.search_small,
-                world.store_id,
-                world.sales.id,
-                visit=True,
-                contract=True,
-            ),
-            processes=args.processes,
-        )
-        bulk.analyze(url)
-        step(f"audited read against the bare app, {len(seeded)} customers")
-        results.update(
-            scenarios.audited_read(
+            small, large = results["search"]["small"], results["search"]["large"]
+            results["search_scaling_ratio"] = (
+                round(large["p50_ms"] / small["p50_ms"], 3) if small["p50_ms"] else None
+            )
+        if wanted("verify"):
+            written = bulk.count_events(url)
+            step(
+                f"sealing {max(0, args.events - written)} events in bulk ({written} written so far)"
+            )
+            bulk.seed_events(
+                env,
+                bulk.EventActor(
+                    world.sales.login, world.sales.id, world.store_code, "POS-BENCH-01"
+                ),
+                [c.customer_id for c in seeded],
+                args.events - written,
+                processes=args.processes,
+            )
+            bulk.analyze(url)
+            step("audit verify --full")
+            results["verify"] = scenarios.verify(env, timeout=1800)
+            results["verify_events_per_s"] = results["verify"]["events_per_s"]
+        if wanted("purge"):
+            step("purge")
+            results["purge"] = scenarios.purge(
                 env,
                 world,
-                seeded,
-                how=how,
-                rounds=args.rounds,
-                workers=args.workers,
-                scratch=scratch,
+                start_index=args.search_large,
+                count=args.purge_customers,
+                processes=args.processes,
+                timeout=1800,
             )
-        )
-        step(f"outbox: {args.messages} messages, {args.outbox_workers} workers")
-        results["outbox"] = scenarios.outbox(
-            env,
-            world,
-            seeded[: args.messages],
-            workers=args.outbox_workers,
-            timeout=args.outbox_timeout,
-            scratch=scratch,
-        )
-        results["outbox_messages_per_s"] = results["outbox"]["messages_per_s"]
-        results["duplicates"] = results["outbox"]["duplicates"]
-        step(f"growing the population to {args.search_large} customers")
-        population = seeded + bulk.seed_customers(
-            env,
-            bulk.Cohort(
-                args.read_customers,
-                args.search_large - args.read_customers,
-                world.store_id,
-                world.sales.id,
-            ),
-            processes=args.processes,
-        )
-        bulk.analyze(url)
-        step(f"search at {args.search_large} customers")
-        results["search"]["large"] = scenarios.search(
-            env,
-            world,
-            population,
-            args.search_large,
-            how=searching,
-            workers=args.workers,
-            scratch=scratch,
-        )
-        small, large = results["search"]["small"], results["search"]["large"]
-        results["search_scaling_ratio"] = (
-            round(large["p50_ms"] / small["p50_ms"], 3) if small["p50_ms"] else None
-        )
-        written = bulk.count_events(url)
-        step(f"sealing {max(0, args.events - written)} events in bulk ({written} written so far)")
-        bulk.seed_events(
-            env,
-            bulk.EventActor(world.sales.login, world.sales.id, world.store_code, "POS-BENCH-01"),
-            [c.customer_id for c in seeded],
-            args.events - written,
-            processes=args.processes,
-        )
-        bulk.analyze(url)
-        step("audit verify --full")
-        results["verify"] = scenarios.verify(env, timeout=1800)
-        results["verify_events_per_s"] = results["verify"]["events_per_s"]
-        step("purge")
-        results["purge"] = scenarios.purge(
-            env,
-            world,
-            start_index=args.search_large,
-            count=args.purge_customers,
-            processes=args.processes,
-            timeout=1800,
-        )
-        results["purge_customers_per_s"] = results["purge"]["customers_per_s"]
+            results["purge_customers_per_s"] = results["purge"]["customers_per_s"]
         step("done")
         results["seconds"] = round(time.monotonic() - began, 1)
     return results

@@ -149,6 +149,22 @@ def _postgres(connection: Connection) -> bool:
     return connection.dialect.name == "postgresql"
 
 
+def _copies(connection: Connection) -> bool:
+    """Whether events are read by COPY, encoded by the query (PostgreSQL, UTF-8 to the client)."""
+    if not _postgres(connection):
+        return False
+    raw: Any = connection.connection.driver_connection
+    return str(raw.info.encoding).replace("_", "-").lower() in ("utf-8", "utf8")
+
+
+def _literal(connection: Connection, value: Any) -> str:
+    """``value`` as an SQL literal, quoted by psycopg (COPY takes no parameters)."""
+    from psycopg import sql as psycopg_sql
+
+    raw: Any = connection.connection.driver_connection
+    return str(psycopg_sql.Literal(value).as_string(raw))
+
+
 def _stream(connection: Connection, sql: str, params: tuple[Any, ...]) -> Iterator[Sequence[Any]]:
     """Rows straight from the driver's cursor (server-side on PostgreSQL), in batches fetched
     by a helper thread while this one checks the previous batch (the drivers release the GIL
@@ -339,6 +355,199 @@ def _encoded(row: Sequence[Any]) -> bytes | None:
     return None
 
 
+# --- PostgreSQL: the canonical encoding built by the query, rows by COPY ------------------------
+#
+# The same bytes as ``_encoded``, built by PostgreSQL from the stored columns in the same query
+# (``to_json`` escapes text exactly as Python's JSON encoder with ``ensure_ascii=False``), so
+# Python only splits a COPY line and computes the HMAC. Nothing stored is trusted: the encoding
+# is rebuilt from the columns on every verification. Where a JSON column holds an escape (a
+# value SQLAlchemy did not write from plain names) the query yields NULL and that one event is
+# encoded by ``_encoded`` from its row instead.
+
+
+def _sql_text(column: str, *, nullable: bool) -> str:
+    encoded = f"to_json({column})::text"
+    return f"coalesce({encoded}, 'null')" if nullable else encoded
+
+
+def _sql_number(column: str) -> str:
+    return f"coalesce({column}::text, 'null')"
+
+
+def _sql_json_list(column: str) -> str:
+    # json (not jsonb): the text as written, ``json.dumps``' separators; without a backslash no
+    # string in it holds a quote, so every '", "' is a separator.
+    return (
+        f"CASE WHEN {column} IS NULL THEN 'null' WHEN strpos({column}::text, '\\') = 0 "
+        f"THEN replace({column}::text, '\", \"', '\",\"') END"
+    )
+
+
+_SQL_VALUES = {
+    "action": _sql_text("e.action", nullable=False),
+    "at": "'\"' || to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || '\"'",
+    "chain": _sql_text("e.chain", nullable=False),
+    "changed_fields": _sql_json_list("e.changed_fields"),
+    "count": _sql_number("e.count"),
+    "customer_ids": "coalesce((SELECT '[' || string_agg(to_json(l.customer_id)::text, ',' "
+    "ORDER BY l.position) || ']' FROM access_event_customer l WHERE l.event_id = e.id), '[]')",
+    "fields": _sql_json_list("e.fields"),
+    "id": _sql_text("e.id", nullable=False),
+    "outcome": _sql_text("e.outcome", nullable=False),
+    "request_id": _sql_text("e.request_id", nullable=False),
+    "resource": _sql_text("e.resource", nullable=False),
+    "result_count": _sql_number("e.result_count"),
+    "review_required": "CASE WHEN e.review_required THEN 'true' "
+    "WHEN NOT e.review_required THEN 'false' ELSE 'null' END",
+    "seq": "e.seq::text",
+}
+# Version 1 encoded every text column as nullable; version 2 only those that may be null.
+_SQL_NULLABLE_V2 = (
+    "actor",
+    "actor_id",
+    "denial",
+    "presence_method",
+    "purpose",
+    "reason",
+    "role",
+    "store",
+    "subject_request_id",
+    "terminal",
+)
+
+
+def _sql_canonical(version: int) -> str:
+    parts: list[str] = []
+    for key in _KEYS_BY_VERSION[version]:
+        if key == "encoding_version":
+            value = f"'{version}'"
+        elif version == 1 and key in ("action", "chain", "id", "outcome", "request_id", "resource"):
+            value = _sql_text(f"e.{key}", nullable=True)
+        elif key in _SQL_VALUES:
+            value = _SQL_VALUES[key]
+        else:
+            assert key in _SQL_NULLABLE_V2, key
+            value = _sql_text(f"e.{key}", nullable=True)
+        parts.append(f"'{'{' if not parts else ','}\"{key}\":' || {value}")
+    return " || ".join(parts) + " || '}'"
+
+
+# Exactly what the check needs: where the event is, its links, and its canonical encoding.
+_COPY_SELECT = (
+    "e.chain, e.seq, e.id, "
+    "to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
+    "e.prev_hash, e.hash, "
+    f"CASE e.encoding_version WHEN 2 THEN {_sql_canonical(2)} "
+    f"WHEN 1 THEN {_sql_canonical(1)} END"
+)
+
+# COPY's text format: a tab only between fields, a newline only after a row; these escapes
+# (and ``\N`` for NULL) in a field that holds them.
+_COPY_ESCAPES = {
+    ord("b"): b"\b",
+    ord("f"): b"\f",
+    ord("n"): b"\n",
+    ord("r"): b"\r",
+    ord("t"): b"\t",
+    ord("v"): b"\v",
+}
+
+
+def _copy_field(value: bytes) -> bytes | None:
+    """A COPY text field as stored (for the rare line holding a backslash)."""
+    if value == b"\\N":
+        return None
+    if b"\\" not in value:
+        return value
+    out = bytearray()
+    i = 0
+    while i < len(value):
+        if value[i] == 0x5C and i + 1 < len(value):  # a backslash
+            out += _COPY_ESCAPES.get(value[i + 1], value[i + 1 : i + 2])
+            i += 2
+        else:
+            out.append(value[i])
+            i += 1
+    return bytes(out)
+
+
+def _copy_lines(connection: Connection, sql: str) -> Iterator[list[bytes]]:
+    """The lines of ``COPY (sql) TO STDOUT``, in batches read by a helper thread while this one
+    checks the previous batch (psycopg releases the GIL while it waits)."""
+    raw: Any = connection.connection.driver_connection
+    batches: queue.Queue[list[bytes] | BaseException | None] = queue.Queue(maxsize=PREFETCH)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            with raw.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT") as copy:
+                batch: list[bytes] = []
+                for line in copy:
+                    batch.append(bytes(line))
+                    if len(batch) >= BATCH:
+                        if stop.is_set():
+                            break
+                        batches.put(batch)
+                        batch = []
+                if batch:
+                    batches.put(batch)
+            batches.put(None)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            batches.put(exc)
+
+    fetcher = threading.Thread(target=fetch, name="audit-verify-copy", daemon=True)
+    fetcher.start()
+    try:
+        while True:
+            batch = batches.get()
+            if batch is None:
+                return
+            if isinstance(batch, BaseException):
+                raise batch
+            yield batch
+    finally:
+        stop.set()
+        while fetcher.is_alive():  # unblock a fetcher waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                batches.get(timeout=0.05)
+
+
+def _feed_copy(
+    connection: Connection, checks: dict[str, _ChainCheck], key: bytes, where: str
+) -> None:
+    """The events ``where`` selects (by chain and seq), read by COPY, each into its chain's
+    check; then the few whose encoding the query left to ``_encoded``."""
+    sql = f"SELECT {_COPY_SELECT} FROM access_event e WHERE {where} ORDER BY e.chain, e.seq"  # noqa: S608
+    digest, tab = hmac.digest, b"\t"
+    current: _ChainCheck | None = None
+    current_chain: bytes | None = None
+    for batch in _copy_lines(connection, sql):
+        for line in batch:
+            fields: list[bytes | None]
+            if b"\\" in line:
+                fields = [_copy_field(value) for value in line[:-1].split(tab)]
+            else:
+                fields = line[:-1].split(tab)  # type: ignore[assignment]
+            chain, seq, event_id, at, prev_hash, stored, canonical = fields
+            if current is None or chain != current_chain:
+                assert chain is not None  # NOT NULL
+                current, current_chain = checks[chain.decode()], chain
+            stored_hash = stored.decode() if stored is not None else None
+            sealed: bool | None = None  # left to ``_encoded``
+            if canonical is not None and prev_hash is not None:
+                sealed = digest(key, prev_hash + b"\n" + canonical, "sha256").hex() == stored_hash
+            current.check(
+                int(seq),  # type: ignore[arg-type]
+                event_id.decode(),  # type: ignore[union-attr]
+                at.decode() if at is not None else None,
+                prev_hash.decode() if prev_hash is not None else None,
+                stored_hash,
+                sealed,
+            )
+    for check in checks.values():
+        check.seal_deferred(connection)
+
+
 # --- one chain ----------------------------------------------------------------------------------
 
 
@@ -381,14 +590,33 @@ class _ChainCheck:
         self.start_seen = start is None or start[0] == 0
         self.events = 0
         self.last_seq = start[0] if start else before[0]
+        # Events whose seal is checked after the stream: (id, seq, at, prev_hash, hash).
+        self.deferred: list[tuple[str, int, str | None, str, str | None]] = []
 
     @property
     def from_seq(self) -> int:
         return self.start[0] if self.start else self.below
 
     def feed(self, row: Sequence[Any]) -> None:
+        """A streamed row (``_COLUMNS``)."""
+        encoded = _encoded(row)
+        prev_hash, stored = row[24], row[25]
+        # (Plain comparisons: nobody times a verification to learn a hash.)
+        sealed = encoded is not None and seal_encoded(self.key, prev_hash, encoded) == stored
+        self.check(row[2], row[0], row[3], prev_hash, stored, sealed)
+
+    def check(
+        self,
+        seq: int,
+        event_id: str,
+        at: str | None,
+        prev_hash: str | None,
+        stored: str | None,
+        sealed: bool | None,
+    ) -> None:
+        """One event, in order; ``sealed``: whether its hash is its seal (None: checked later,
+        by ``seal_deferred``)."""
         v = self.v
-        event_id, seq, at, prev_hash, stored = row[0], row[2], row[3], row[24], row[25]
         if seq < self.below:
             return
         v.checked += 1
@@ -403,9 +631,9 @@ class _ChainCheck:
             v.report(Finding(SEQ_GAP, self.chain, seq, event_id, at))
         elif prev_hash != self.prev:
             v.report(Finding(HASH_MISMATCH, self.chain, seq, event_id, at))
-        encoded = _encoded(row)
-        # (Plain comparisons: nobody times a verification to learn a hash.)
-        if encoded is None or seal_encoded(self.key, prev_hash, encoded) != stored:
+        if sealed is None and prev_hash is not None:
+            self.deferred.append((event_id, seq, at, prev_hash, stored))
+        elif not sealed:
             v.report(Finding(HASH_MISMATCH, self.chain, seq, event_id, at))
         if (
             self.checkpoint is not None
@@ -413,9 +641,28 @@ class _ChainCheck:
             and stored != self.checkpoint[1]
         ):
             v.report(Finding(HASH_MISMATCH, self.chain, seq, event_id, at))
-        self.prev = stored
+        self.prev = stored or ""
         self.expect = seq + 1
         self.last_seq = seq
+
+    def seal_deferred(self, connection: Connection) -> None:
+        """The seals the COPY left to ``_encoded``: each event's row read again, by id."""
+        postgres = _postgres(connection)
+        select_list = _POSTGRES_SELECT if postgres else _SQLITE_SELECT
+        mark = "%s" if postgres else "?"
+        sql = f"SELECT {select_list} FROM access_event e WHERE e.id = {mark}"  # noqa: S608
+        raw: Any = connection.connection.driver_connection
+        for event_id, seq, at, prev_hash, stored in self.deferred:
+            cursor = raw.cursor()
+            try:
+                cursor.execute(sql, (event_id,))
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+            encoded = _encoded(row) if row is not None else None
+            if encoded is None or seal_encoded(self.key, prev_hash, encoded) != stored:
+                self.v.report(Finding(HASH_MISMATCH, self.chain, seq, event_id, at))
+        self.deferred.clear()
 
     def finish(self) -> None:
         v, chain = self.v, self.chain
@@ -506,8 +753,11 @@ def verify(
             _verify_in_parallel(connection, keys, verification, chains, check, workers)
             return verification
         checks = {chain: check(chain, None) for chain in chains}
-        for row in _all_events(connection):
-            checks[row[1]].feed(row)
+        if _copies(connection):
+            _feed_copy(connection, checks, keys.chain, "TRUE")
+        else:
+            for row in _all_events(connection):
+                checks[row[1]].feed(row)
         for chain in chains:
             checks[chain].finish()
         return verification
@@ -515,8 +765,15 @@ def verify(
     for chain in chains:
         start = checkpoints.verified.get(chain)
         current = check(chain, start)
-        for row in _chain_events(connection, chain, current.from_seq):
-            current.feed(row)
+        if _copies(connection):
+            where = (
+                f"e.chain = {_literal(connection, chain)} "
+                f"AND e.seq >= {_literal(connection, current.from_seq)}"
+            )
+            _feed_copy(connection, {chain: current}, keys.chain, where)
+        else:
+            for row in _chain_events(connection, chain, current.from_seq):
+                current.feed(row)
         current.finish()
     return verification
 
@@ -531,7 +788,7 @@ MAX_WORKERS = 4
 
 
 def _workers(connection: Connection, heads: dict[str, _HeadRow]) -> int:
-    if not _postgres(connection) or sum(h.seq for h in heads.values()) < PARALLEL_MIN_EVENTS:
+    if not _copies(connection) or sum(h.seq for h in heads.values()) < PARALLEL_MIN_EVENTS:
         return 1
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1, len(heads)))
 
@@ -559,12 +816,8 @@ def _check_part(connection: Connection, part: _Part, verification: Verification)
         )
         for chain, checkpoint, head, registered, anchor in part.chains
     }
-    sql = (
-        f"SELECT {_POSTGRES_SELECT} FROM access_event e "  # noqa: S608
-        "WHERE e.chain = ANY(%s) ORDER BY e.chain, e.seq"
-    )
-    for row in _stream(connection, sql, (list(checks),)):
-        checks[row[1]].feed(row)
+    where = f"e.chain = ANY({_literal(connection, list(checks))})"
+    _feed_copy(connection, checks, part.keys.chain, where)
     for check in checks.values():
         check.finish()
 
