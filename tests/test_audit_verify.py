@@ -19,7 +19,7 @@ from app.audit.chain import (
     canonical_encoding,
     seal,
 )
-from app.audit.verify import _all_events, _encoded
+from app.audit.verify import _SQL_CANONICAL, _all_events, _encoded
 from app.config import Settings
 from app.keys import decode_key
 from app.main import create_app
@@ -71,7 +71,106 @@ def test_the_fast_encoding_is_the_canonical_one(client: TestClient, db: Engine) 
     assert any(event["reason"] == AWKWARD_REASON for event in events.values())
     for row in rows:
         assert _encoded(row) == canonical_encoding(events[row[0]]), row[0]
+    if db.dialect.name == "postgresql":
+        # The encoding PostgreSQL builds for the COPY path: the same bytes again.
+        with db.connect() as connection:
+            built = connection.exec_driver_sql(
+                f"SELECT e.id, ({_SQL_CANONICAL}) FROM access_event e"
+            ).all()
+        assert len(built) == len(events)
+        for event_id, canonical in built:
+            assert canonical.encode() == canonical_encoding(events[event_id]), event_id
     assert verify_api(client, full=True)["ok"]
+
+
+def _insert_chain(db: Engine, keys: AuditKeys, event: dict[str, Any]) -> None:
+    """A chain of one sealed event, registered and headed."""
+    chain, at = event["chain"], event["at"]
+    with db.begin() as connection:
+        connection.execute(
+            insert(AccessEvent), [{k: v for k, v in event.items() if k != "customer_ids"}]
+        )
+        connection.execute(
+            insert(AccessEventCustomer),
+            [
+                {"event_id": event["id"], "position": n, "customer_id": customer_id}
+                for n, customer_id in enumerate(event["customer_ids"])
+            ],
+        )
+        connection.execute(
+            insert(AuditChainRegistry),
+            [{"chain": chain, "registered_at": at, "mac": keys.registry_mac(chain, at)}],
+        )
+        connection.execute(
+            insert(AuditChain),
+            [
+                {
+                    "chain": chain,
+                    "seq": event["seq"],
+                    "head_hash": event["hash"],
+                    "mac": keys.head_mac(chain, event["seq"], event["hash"]),
+                }
+            ],
+        )
+
+
+def test_json_columns_with_escapes_are_encoded_from_the_row(
+    client: TestClient, settings: Settings, db: Engine
+) -> None:
+    """Names that ``json.dumps`` escapes (not ASCII, a quote) in ``fields``: PostgreSQL's query
+    leaves their encoding to Python; the event verifies, and an edit of it is still caught."""
+    login(client, cast.SALES)
+    keys = _keys(settings)
+    with db.connect() as connection:
+        at = connection.execute(select(AccessEvent.at)).scalars().first()
+    event: dict[str, Any] = {
+        "id": "44444444-4444-4444-8444-444444444444",
+        "chain": "escaped.1",
+        "seq": 1,
+        "at": at,
+        "actor": "sales1",
+        "actor_id": None,
+        "role": "sales",
+        "store": "S001",
+        "terminal": "POS\t1",
+        "purpose": "contract",
+        "reason": AWKWARD_REASON,
+        "action": "update",
+        "resource": "customers/x",
+        "customer_ids": ["55555555-5555-4555-8555-555555555555", "x\\y"],
+        "fields": ["name", "氏名"],
+        "changed_fields": ['a"b', "c\\d"],
+        "result_count": None,
+        "outcome": "allowed",
+        "denial": None,
+        "review_required": True,
+        "request_id": "escaped\n",
+        "encoding_version": 2,
+        "presence_method": None,
+        "subject_request_id": None,
+        "count": 3,
+        "prev_hash": GENESIS_HASH,
+    }
+    event["hash"] = seal(keys.chain, GENESIS_HASH, event)
+    _insert_chain(db, keys, event)
+    if db.dialect.name == "postgresql":
+        with db.connect() as connection:
+            canonical = connection.exec_driver_sql(
+                f"SELECT ({_SQL_CANONICAL}) FROM access_event e WHERE e.id = %(id)s",
+                {"id": event["id"]},
+            ).scalar_one()
+        assert canonical is None  # left to Python
+    assert verify_api(client, full=True)["ok"]
+    assert verify_api(client, full=False)["ok"]
+    drop_append_only_triggers(db)
+    with db.begin() as connection:
+        connection.execute(
+            text("UPDATE access_event SET changed_fields = :f WHERE id = :id"),
+            {"f": '["a\\"b", "c\\\\e"]', "id": event["id"]},
+        )
+    result = verify_api(client, full=True)
+    assert problem_names(result) == {"hash-mismatch"}
+    assert result["first_bad_id"] == event["id"]
 
 
 def test_version_1_events_verify_by_their_own_fields(

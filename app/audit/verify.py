@@ -432,13 +432,15 @@ def _sql_canonical(version: int) -> str:
     return " || ".join(parts) + " || '}'"
 
 
+_SQL_CANONICAL = (
+    f"CASE e.encoding_version WHEN 2 THEN {_sql_canonical(2)} WHEN 1 THEN {_sql_canonical(1)} END"
+)
 # Exactly what the check needs: where the event is, its links, and its canonical encoding.
 _COPY_SELECT = (
     "e.chain, e.seq, e.id, "
     "to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
     "e.prev_hash, e.hash, "
-    f"CASE e.encoding_version WHEN 2 THEN {_sql_canonical(2)} "
-    f"WHEN 1 THEN {_sql_canonical(1)} END"
+    f"{_SQL_CANONICAL}"
 )
 
 # COPY's text format: a tab only between fields, a newline only after a row; these escapes
