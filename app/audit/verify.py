@@ -1,8 +1,10 @@
 """Verification of the access log: every chain whole, sealed, registered, and as long as the
 newest checkpoint says.
 
-Rows are streamed as plain tuples (no ORM objects) and each event's canonical encoding is built
-straight from them; verification reads one consistent snapshot (heads and events together).
+On PostgreSQL events are read by COPY with their canonical encoding built by the query from the
+stored columns; on SQLite rows are streamed as plain tuples (no ORM objects) and each event's
+encoding is built straight from them. Verification reads one consistent snapshot (heads and
+events together).
 
 Problems, by name:
 
