@@ -29,6 +29,7 @@ import json
 import os
 import pickle
 import queue
+import re
 import secrets
 import subprocess
 import sys
@@ -357,93 +358,172 @@ def _encoded(row: Sequence[Any]) -> bytes | None:
     return None
 
 
-# --- PostgreSQL: the canonical encoding built by the query, rows by COPY ------------------------
+# --- PostgreSQL: bare columns and links by COPY, the encoding built in Python --------------------
 #
-# The same bytes as ``_encoded``, built by PostgreSQL from the stored columns in the same query
-# (``to_json`` escapes text exactly as Python's JSON encoder with ``ensure_ascii=False``), so
-# Python only splits a COPY line and computes the HMAC. Nothing stored is trusted: the encoding
-# is rebuilt from the columns on every verification. Where a JSON column holds an escape (a
-# value SQLAlchemy did not write from plain names) the query yields NULL and that one event is
-# encoded by ``_encoded`` from its row instead.
+# Two ``COPY (SELECT …) TO STDOUT`` streams in the same snapshot, in the same order (chain, seq):
+# the events' bare columns (text format; no per-row work for PostgreSQL beyond printing them)
+# and their customer links by a plain join (no aggregation), each read by a connection of its
+# own. Python merges them and builds each event's canonical encoding from the bytes with a
+# template: a field is quoted as it is when no byte of it needs escaping in JSON (the usual case,
+# checked once per line); a line that holds a quote, a control character or a backslash other
+# than COPY's NULL marker is decoded and encoded by ``_encoded`` from its row instead. Nothing
+# stored is trusted: every encoding is rebuilt from the columns on every verification.
 
-
-def _sql_text(column: str, *, nullable: bool) -> str:
-    encoded = f"to_json({column})::text"
-    return f"coalesce({encoded}, 'null')" if nullable else encoded
-
-
-def _sql_number(column: str) -> str:
-    return f"coalesce({column}::text, 'null')"
-
-
-def _sql_json_list(column: str) -> str:
-    # json (not jsonb): the text as written, ``json.dumps``' separators; without a backslash no
-    # string in it holds a quote, so every '", "' is a separator.
-    return (
-        f"CASE WHEN {column} IS NULL THEN 'null' WHEN strpos({column}::text, '\\') = 0 "
-        f"THEN replace({column}::text, '\", \"', '\",\"') END"
-    )
-
-
-_SQL_VALUES = {
-    "action": _sql_text("e.action", nullable=False),
-    "at": "'\"' || to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || '\"'",
-    "chain": _sql_text("e.chain", nullable=False),
-    "changed_fields": _sql_json_list("e.changed_fields"),
-    "count": _sql_number("e.count"),
-    "customer_ids": "coalesce((SELECT '[' || string_agg(to_json(l.customer_id)::text, ',' "
-    "ORDER BY l.position) || ']' FROM access_event_customer l WHERE l.event_id = e.id), '[]')",
-    "fields": _sql_json_list("e.fields"),
-    "id": _sql_text("e.id", nullable=False),
-    "outcome": _sql_text("e.outcome", nullable=False),
-    "request_id": _sql_text("e.request_id", nullable=False),
-    "resource": _sql_text("e.resource", nullable=False),
-    "result_count": _sql_number("e.result_count"),
-    "review_required": "CASE WHEN e.review_required THEN 'true' "
-    "WHEN NOT e.review_required THEN 'false' ELSE 'null' END",
-    "seq": "e.seq::text",
-}
-# Version 1 encoded every text column as nullable; version 2 only those that may be null.
-_SQL_NULLABLE_V2 = (
+_AT = "to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+# The text columns first, in the canonical encoding's (sorted) key order, then the rest; the
+# JSON columns last (their quotes are JSON's own).
+_COPY_TEXT = (
+    "action",
     "actor",
     "actor_id",
+    "at",
+    "chain",
     "denial",
+    "id",
+    "outcome",
     "presence_method",
     "purpose",
     "reason",
+    "request_id",
+    "resource",
     "role",
     "store",
     "subject_request_id",
     "terminal",
 )
+_COPY_REST = (
+    "seq",
+    "count",
+    "result_count",
+    "review_required",
+    "encoding_version",
+    "prev_hash",
+    "hash",
+    "fields",
+    "changed_fields",
+)
+_COPY_SELECT = ", ".join(
+    _AT if column == "at" else f"e.{column}" for column in (*_COPY_TEXT, *_COPY_REST)
+)
+_N_TEXT = len(_COPY_TEXT)
+_NULL = b"\\N"
 
 
-def _sql_canonical(version: int) -> str:
-    parts: list[str] = []
+def _byte_template(version: int) -> bytes:
+    """The encoding's keys, sorted, each with a ``%b`` for its value (the version's number in
+    place)."""
+    parts = []
     for key in _KEYS_BY_VERSION[version]:
-        if key == "encoding_version":
-            value = f"'{version}'"
-        elif version == 1 and key in ("action", "chain", "id", "outcome", "request_id", "resource"):
-            value = _sql_text(f"e.{key}", nullable=True)
-        elif key in _SQL_VALUES:
-            value = _SQL_VALUES[key]
-        else:
-            assert key in _SQL_NULLABLE_V2, key
-            value = _sql_text(f"e.{key}", nullable=True)
-        parts.append(f"'{'{' if not parts else ','}\"{key}\":' || {value}")
-    return " || ".join(parts) + " || '}'"
+        value = str(version) if key == "encoding_version" else "%b"
+        parts.append(f'"{key}":{value}')
+    return ("{" + ",".join(parts) + "}").encode()
 
 
-_SQL_CANONICAL = (
-    f"CASE e.encoding_version WHEN 2 THEN {_sql_canonical(2)} WHEN 1 THEN {_sql_canonical(1)} END"
-)
-# Exactly what the check needs: where the event is, its links, and its canonical encoding.
-_COPY_SELECT = (
-    "e.chain, e.seq, e.id, "
-    "to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
-    "e.prev_hash, e.hash, "
-    f"{_SQL_CANONICAL}"
-)
+_BYTE_TEMPLATES = {version: _byte_template(version) for version in _KEYS_BY_VERSION}
+# A control character other than COPY's tab and newline between fields, or a quote: the line is
+# encoded from its decoded row (``_encoded``), as is one whose backslashes are not all NULL
+# markers. (COPY writes a tab, a newline and a few others in data as escapes.)
+_CONTROL = bytes(c for c in range(32) if c not in (9, 10))
+_NEEDS_CARE = re.compile(rb"[\x00-\x08\x0b-\x1f]")
+
+
+def _plain_json_list(value: bytes) -> bytes | None:
+    """A stored JSON list as written by SQLAlchemy (``json.dumps``' separators) in the canonical
+    form, or None when it is not that simple (then the row is encoded by ``_encoded``)."""
+    if value == _NULL or value == b"null":  # SQL's NULL or JSON's
+        return b"null"
+    # Without a backslash no string in it holds a quote, so every '", "' is a separator.
+    compact = value.replace(b'", "', b'","')
+    if b" " in compact or not compact.startswith(b"["):
+        return None
+    return compact
+
+
+def _plain_encoded(fields: list[bytes], links: bytes) -> bytes | None:
+    """The canonical encoding of a COPY line with nothing to escape (None: not that simple)."""
+    quoted = (b'"' + b'"\t"'.join(fields[:_N_TEXT]) + b'"').replace(b'"\\N"', b"null")
+    (
+        action,
+        actor,
+        actor_id,
+        at,
+        chain,
+        denial,
+        id_,
+        outcome,
+        presence_method,
+        purpose,
+        reason,
+        request_id,
+        resource,
+        role,
+        store,
+        subject_request_id,
+        terminal,
+    ) = quoted.split(b"\t")
+    seq, count, result_count, review, version = fields[_N_TEXT : _N_TEXT + 5]
+    fields_json = _plain_json_list(fields[-2])
+    changed = _plain_json_list(fields[-1])
+    if fields_json is None or changed is None or seq == _NULL:
+        return None
+    review = b"true" if review == b"t" else b"false" if review == b"f" else b"null"
+    if result_count == _NULL:
+        result_count = b"null"
+    if version == b"2":
+        if count == _NULL:
+            count = b"null"
+        return _BYTE_TEMPLATES[2] % (
+            action,
+            actor,
+            actor_id,
+            at,
+            chain,
+            changed,
+            count,
+            links,
+            denial,
+            fields_json,
+            id_,
+            outcome,
+            presence_method,
+            purpose,
+            reason,
+            request_id,
+            resource,
+            result_count,
+            review,
+            role,
+            seq,
+            store,
+            subject_request_id,
+            terminal,
+        )
+    if version == b"1":
+        return _BYTE_TEMPLATES[1] % (
+            action,
+            actor,
+            actor_id,
+            at,
+            chain,
+            changed,
+            links,
+            denial,
+            fields_json,
+            id_,
+            outcome,
+            purpose,
+            reason,
+            request_id,
+            resource,
+            result_count,
+            review,
+            role,
+            seq,
+            store,
+            terminal,
+        )
+    return None
+
 
 # COPY's text format: a tab only between fields, a newline only after a row; these escapes
 # (and ``\N`` for NULL) in a field that holds them.
@@ -458,8 +538,8 @@ _COPY_ESCAPES = {
 
 
 def _copy_field(value: bytes) -> bytes | None:
-    """A COPY text field as stored (for the rare line holding a backslash)."""
-    if value == b"\\N":
+    """A COPY text field as stored."""
+    if value == _NULL:
         return None
     if b"\\" not in value:
         return value
@@ -475,10 +555,55 @@ def _copy_field(value: bytes) -> bytes | None:
     return bytes(out)
 
 
-def _copy_lines(connection: Connection, sql: str) -> Iterator[list[bytes]]:
-    """The lines of ``COPY (sql) TO STDOUT``, in batches read by a helper thread while this one
-    checks the previous batch (psycopg releases the GIL while it waits)."""
-    raw: Any = connection.connection.driver_connection
+def _copy_text(value: bytes) -> str | None:
+    decoded = _copy_field(value)
+    return None if decoded is None else decoded.decode()
+
+
+def _copy_int(value: bytes) -> int | None:
+    return None if value == _NULL else int(value)
+
+
+def _row_encoded(fields: list[bytes], links: list[str]) -> bytes | None:
+    """The canonical encoding of any COPY line, from its decoded row (``_encoded``)."""
+    texts = dict(zip(_COPY_TEXT, (_copy_text(value) for value in fields[:_N_TEXT]), strict=True))
+    seq, count, result_count, review, version = fields[_N_TEXT : _N_TEXT + 5]
+    row = (
+        texts["id"],
+        texts["chain"],
+        _copy_int(seq),
+        texts["at"],
+        texts["actor"],
+        texts["actor_id"],
+        texts["role"],
+        texts["store"],
+        texts["terminal"],
+        texts["purpose"],
+        texts["reason"],
+        texts["action"],
+        texts["resource"],
+        _copy_text(fields[-2]),
+        _copy_text(fields[-1]),
+        _copy_int(result_count),
+        texts["outcome"],
+        texts["denial"],
+        None if review == _NULL else review == b"t",
+        texts["request_id"],
+        _copy_int(version),
+        texts["presence_method"],
+        texts["subject_request_id"],
+        _copy_int(count),
+        None,
+        None,
+        links,
+    )
+    return _encoded(row)
+
+
+def _copy_lines(raw: Any, sql: str) -> Iterator[list[bytes]]:
+    """The lines of ``COPY (sql) TO STDOUT`` on a psycopg connection, in batches read by a
+    helper thread while this one checks the previous batch (psycopg releases the GIL while it
+    waits)."""
     batches: queue.Queue[list[bytes] | BaseException | None] = queue.Queue(maxsize=PREFETCH)
     stop = threading.Event()
 
@@ -516,40 +641,123 @@ def _copy_lines(connection: Connection, sql: str) -> Iterator[list[bytes]]:
                 batches.get(timeout=0.05)
 
 
+def _links(raw: Any, where: str) -> Iterator[tuple[bytes, list[bytes], bool]]:
+    """(event id, its customer ids by position, whether none needs escaping) of the events
+    ``where`` selects that have links, in the events' order (chain, seq); ids as COPY writes
+    them."""
+    sql = (
+        "SELECT l.event_id, l.customer_id FROM access_event e "  # noqa: S608
+        f"JOIN access_event_customer l ON l.event_id = e.id WHERE {where} "
+        "ORDER BY e.chain, e.seq, l.position"
+    )
+    event: bytes | None = None
+    ids: list[bytes] = []
+    plain = True
+    for batch in _copy_lines(raw, sql):
+        joined = b"".join(batch)
+        batch_plain = not (b"\\" in joined or b'"' in joined or _NEEDS_CARE.search(joined))
+        for line in batch:
+            event_id, customer_id = line[:-1].split(b"\t")
+            if event_id != event:
+                if event is not None:
+                    yield event, ids, plain
+                event, ids, plain = event_id, [], True
+            ids.append(customer_id)
+            if not batch_plain:
+                plain = plain and not (
+                    b"\\" in customer_id or b'"' in customer_id or _NEEDS_CARE.search(customer_id)
+                )
+    if event is not None:
+        yield event, ids, plain
+
+
+@contextlib.contextmanager
+def _snapshot_twin(connection: Connection) -> Iterator[Any]:
+    """A second psycopg connection reading this connection's snapshot (the links' stream)."""
+    snapshot = connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+    twin = connection.engine.connect().execution_options(isolation_level="REPEATABLE READ")
+    try:
+        with twin.begin():
+            twin.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+            yield twin.connection.driver_connection
+    finally:
+        twin.close()
+
+
 def _feed_copy(
-    connection: Connection, checks: dict[str, _ChainCheck], key: bytes, where: str
+    connection: Connection, twin: Any, checks: dict[str, _ChainCheck], key: bytes, where: str
 ) -> None:
-    """The events ``where`` selects (by chain and seq), read by COPY, each into its chain's
-    check; then the few whose encoding the query left to ``_encoded``."""
+    """The events ``where`` selects (by chain and seq), read by COPY with their links (by
+    ``twin``, a connection in the same snapshot), each into its chain's check."""
     sql = f"SELECT {_COPY_SELECT} FROM access_event e WHERE {where} ORDER BY e.chain, e.seq"  # noqa: S608
-    digest, tab = hmac.digest, b"\t"
+    digest, tab, newline, backslash, null = hmac.digest, b"\t", b"\n", b"\\", _NULL
+    care = _NEEDS_CARE.search
+    i_chain, i_id, i_at = _COPY_TEXT.index("chain"), _COPY_TEXT.index("id"), _COPY_TEXT.index("at")
+    i_seq, i_prev, i_hash = _N_TEXT, _N_TEXT + 5, _N_TEXT + 6
     current: _ChainCheck | None = None
     current_chain: bytes | None = None
-    for batch in _copy_lines(connection, sql):
+    raw: Any = connection.connection.driver_connection
+    links = _links(twin, where)
+    link = next(links, None)
+    for batch in _copy_lines(raw, sql):
+        # Checked once for the batch: no control character but the tabs and newlines between
+        # fields, and every backslash a NULL marker; else line by line.
+        joined = b"".join(batch)
+        batch_plain = joined.count(backslash) == joined.count(null) and len(
+            joined.translate(None, _CONTROL)
+        ) == len(joined)
         for line in batch:
-            fields: list[bytes | None]
-            if b"\\" in line:
-                fields = [_copy_field(value) for value in line[:-1].split(tab)]
-            else:
-                fields = line[:-1].split(tab)  # type: ignore[assignment]
-            chain, seq, event_id, at, prev_hash, stored, canonical = fields
-            if current is None or chain != current_chain:
-                assert chain is not None  # NOT NULL
-                current, current_chain = checks[chain.decode()], chain
-            stored_hash = stored.decode() if stored is not None else None
-            sealed: bool | None = None  # left to ``_encoded``
-            if canonical is not None and prev_hash is not None:
-                sealed = digest(key, prev_hash + b"\n" + canonical, "sha256").hex() == stored_hash
-            current.check(
-                int(seq),  # type: ignore[arg-type]
-                event_id.decode(),  # type: ignore[union-attr]
-                at.decode() if at is not None else None,
-                prev_hash.decode() if prev_hash is not None else None,
-                stored_hash,
-                sealed,
+            fields = line[:-1].split(tab)
+            event_id = fields[i_id]
+            ids: list[bytes] = []
+            links_plain = True
+            if link is not None and link[0] == event_id:
+                ids, links_plain = link[1], link[2]
+                link = next(links, None)
+            cut = len(line) - len(fields[-1]) - len(fields[-2]) - 3
+            plain = (
+                (
+                    batch_plain
+                    or (line.count(backslash) == line.count(null) and not care(line, 0, cut))
+                )
+                and line.count(b'"', 0, cut) == 0
+                and links_plain
             )
-    for check in checks.values():
-        check.seal_deferred(connection)
+            encoded: bytes | None = None
+            if plain:
+                customers = b'["' + b'","'.join(ids) + b'"]' if ids else b"[]"
+                encoded = _plain_encoded(fields, customers)
+            if encoded is None:
+                encoded = _row_encoded(fields, [_copy_text(customer) or "" for customer in ids])
+            chain = fields[i_chain]
+            if chain != current_chain or current is None:
+                current, current_chain = checks[_copy_text(chain) or ""], chain
+            if plain:
+                at, prev_hash, stored = fields[i_at], fields[i_prev], fields[i_hash]
+                seal = prev_hash + newline + encoded if encoded and prev_hash != null else None
+                current.check(
+                    int(fields[i_seq]),
+                    event_id.decode(),
+                    at.decode(),
+                    None if prev_hash == null else prev_hash.decode(),
+                    None if stored == null else stored.decode(),
+                    seal is not None and digest(key, seal, "sha256").hex().encode() == stored,
+                )
+                continue
+            at_, prev_, stored_ = (_copy_field(fields[i]) for i in (i_at, i_prev, i_hash))
+            current.check(
+                int(fields[i_seq]),
+                _copy_text(event_id) or "",
+                None if at_ is None else at_.decode(),
+                None if prev_ is None else prev_.decode(),
+                None if stored_ is None else stored_.decode(),
+                encoded is not None
+                and prev_ is not None
+                and stored_ is not None
+                and digest(key, prev_ + newline + encoded, "sha256").hex().encode() == stored_,
+            )
+    if link is not None:
+        raise RuntimeError("the links' stream is out of step with the events'")
 
 
 # --- one chain ----------------------------------------------------------------------------------
@@ -594,8 +802,6 @@ class _ChainCheck:
         self.start_seen = start is None or start[0] == 0
         self.events = 0
         self.last_seq = start[0] if start else before[0]
-        # Events whose seal is checked after the stream: (id, seq, at, prev_hash, hash).
-        self.deferred: list[tuple[str, int, str | None, str, str | None]] = []
 
     @property
     def from_seq(self) -> int:
@@ -616,10 +822,9 @@ class _ChainCheck:
         at: str | None,
         prev_hash: str | None,
         stored: str | None,
-        sealed: bool | None,
+        sealed: bool,
     ) -> None:
-        """One event, in order; ``sealed``: whether its hash is its seal (None: checked later,
-        by ``seal_deferred``)."""
+        """One event, in order; ``sealed``: whether its hash is its seal."""
         v = self.v
         if seq < self.below:
             return
@@ -635,9 +840,7 @@ class _ChainCheck:
             v.report(Finding(SEQ_GAP, self.chain, seq, event_id, at))
         elif prev_hash != self.prev:
             v.report(Finding(HASH_MISMATCH, self.chain, seq, event_id, at))
-        if sealed is None and prev_hash is not None:
-            self.deferred.append((event_id, seq, at, prev_hash, stored))
-        elif not sealed:
+        if not sealed:
             v.report(Finding(HASH_MISMATCH, self.chain, seq, event_id, at))
         if (
             self.checkpoint is not None
@@ -648,25 +851,6 @@ class _ChainCheck:
         self.prev = stored or ""
         self.expect = seq + 1
         self.last_seq = seq
-
-    def seal_deferred(self, connection: Connection) -> None:
-        """The seals the COPY left to ``_encoded``: each event's row read again, by id."""
-        postgres = _postgres(connection)
-        select_list = _POSTGRES_SELECT if postgres else _SQLITE_SELECT
-        mark = "%s" if postgres else "?"
-        sql = f"SELECT {select_list} FROM access_event e WHERE e.id = {mark}"  # noqa: S608
-        raw: Any = connection.connection.driver_connection
-        for event_id, seq, at, prev_hash, stored in self.deferred:
-            cursor = raw.cursor()
-            try:
-                cursor.execute(sql, (event_id,))
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-            encoded = _encoded(row) if row is not None else None
-            if encoded is None or seal_encoded(self.key, prev_hash, encoded) != stored:
-                self.v.report(Finding(HASH_MISMATCH, self.chain, seq, event_id, at))
-        self.deferred.clear()
 
     def finish(self) -> None:
         v, chain = self.v, self.chain
@@ -758,7 +942,8 @@ def verify(
             return verification
         checks = {chain: check(chain, None) for chain in chains}
         if _copies(connection):
-            _feed_copy(connection, checks, keys.chain, "TRUE")
+            with _snapshot_twin(connection) as twin:
+                _feed_copy(connection, twin, checks, keys.chain, "TRUE")
         else:
             for row in _all_events(connection):
                 checks[row[1]].feed(row)
@@ -766,19 +951,22 @@ def verify(
             checks[chain].finish()
         return verification
 
-    for chain in chains:
-        start = checkpoints.verified.get(chain)
-        current = check(chain, start)
-        if _copies(connection):
-            where = (
-                f"e.chain = {_literal(connection, chain)} "
-                f"AND e.seq >= {_literal(connection, current.from_seq)}"
-            )
-            _feed_copy(connection, {chain: current}, keys.chain, where)
-        else:
-            for row in _chain_events(connection, chain, current.from_seq):
-                current.feed(row)
-        current.finish()
+    copies = _copies(connection)
+    with contextlib.ExitStack() as stack:
+        twin = stack.enter_context(_snapshot_twin(connection)) if copies and chains else None
+        for chain in chains:
+            start = checkpoints.verified.get(chain)
+            current = check(chain, start)
+            if twin is not None:
+                where = (
+                    f"e.chain = {_literal(connection, chain)} "
+                    f"AND e.seq >= {_literal(connection, current.from_seq)}"
+                )
+                _feed_copy(connection, twin, {chain: current}, keys.chain, where)
+            else:
+                for row in _chain_events(connection, chain, current.from_seq):
+                    current.feed(row)
+            current.finish()
     return verification
 
 
@@ -821,7 +1009,8 @@ def _check_part(connection: Connection, part: _Part, verification: Verification)
         for chain, checkpoint, head, registered, anchor in part.chains
     }
     where = f"e.chain = ANY({_literal(connection, list(checks))})"
-    _feed_copy(connection, checks, part.keys.chain, where)
+    with _snapshot_twin(connection) as twin:
+        _feed_copy(connection, twin, checks, part.keys.chain, where)
     for check in checks.values():
         check.finish()
 
