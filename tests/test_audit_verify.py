@@ -19,7 +19,7 @@ from app.audit.chain import (
     canonical_encoding,
     seal,
 )
-from app.audit.verify import _all_events, _encoded
+from app.audit.verify import _COPY_SELECT, _all_events, _encoded, _plain_encoded
 from app.config import Settings
 from app.keys import decode_key
 from app.main import create_app
@@ -71,7 +71,223 @@ def test_the_fast_encoding_is_the_canonical_one(client: TestClient, db: Engine) 
     assert any(event["reason"] == AWKWARD_REASON for event in events.values())
     for row in rows:
         assert _encoded(row) == canonical_encoding(events[row[0]]), row[0]
+    if db.dialect.name == "postgresql":
+        # The COPY path's template, from the bare columns: the same bytes again.
+        plain = 0
+        for fields in _copy_lines(db):
+            event = events[fields[6].decode()]
+            links = ("[" + ",".join(f'"{c}"' for c in event["customer_ids"]) + "]").encode()
+            encoded = _plain_encoded(fields, links)
+            texts = b"".join(fields[:17])
+            if b"\\" not in b"".join(fields).replace(b"\\N", b"") and b'"' not in texts:
+                assert encoded == canonical_encoding(event), event["id"]
+                plain += 1
+        assert plain >= 4
     assert verify_api(client, full=True)["ok"]
+
+
+def _copy_lines(db: Engine) -> list[list[bytes]]:
+    """The events' lines as the PostgreSQL verification reads them, split into fields."""
+    with db.connect() as connection:
+        raw: Any = connection.connection.driver_connection
+        with (
+            raw.cursor() as cursor,
+            cursor.copy(f"COPY (SELECT {_COPY_SELECT} FROM access_event e) TO STDOUT") as copy,
+        ):
+            return [bytes(line)[:-1].split(b"\t") for line in copy]
+
+
+def _insert_chain(db: Engine, keys: AuditKeys, event: dict[str, Any]) -> None:
+    """A chain of one sealed event, registered and headed."""
+    chain, at = event["chain"], event["at"]
+    with db.begin() as connection:
+        connection.execute(
+            insert(AccessEvent), [{k: v for k, v in event.items() if k != "customer_ids"}]
+        )
+        connection.execute(
+            insert(AccessEventCustomer),
+            [
+                {"event_id": event["id"], "position": n, "customer_id": customer_id}
+                for n, customer_id in enumerate(event["customer_ids"])
+            ],
+        )
+        connection.execute(
+            insert(AuditChainRegistry),
+            [{"chain": chain, "registered_at": at, "mac": keys.registry_mac(chain, at)}],
+        )
+        connection.execute(
+            insert(AuditChain),
+            [
+                {
+                    "chain": chain,
+                    "seq": event["seq"],
+                    "head_hash": event["hash"],
+                    "mac": keys.head_mac(chain, event["seq"], event["hash"]),
+                }
+            ],
+        )
+
+
+def test_json_columns_with_escapes_are_encoded_from_the_row(
+    client: TestClient, settings: Settings, db: Engine
+) -> None:
+    """Names that ``json.dumps`` escapes (not ASCII, a quote) in ``fields``: PostgreSQL's query
+    leaves their encoding to Python; the event verifies, and an edit of it is still caught."""
+    login(client, cast.SALES)
+    keys = _keys(settings)
+    with db.connect() as connection:
+        at = connection.execute(select(AccessEvent.at)).scalars().first()
+    event: dict[str, Any] = {
+        "id": "44444444-4444-4444-8444-444444444444",
+        "chain": "escaped.1",
+        "seq": 1,
+        "at": at,
+        "actor": "sales1",
+        "actor_id": None,
+        "role": "sales",
+        "store": "S001",
+        "terminal": "POS\t1",
+        "purpose": "contract",
+        "reason": AWKWARD_REASON,
+        "action": "update",
+        "resource": "customers/x",
+        "customer_ids": ["55555555-5555-4555-8555-555555555555", "x\\y"],
+        "fields": ["name", "氏名"],
+        "changed_fields": ['a"b', "c\\d"],
+        "result_count": None,
+        "outcome": "allowed",
+        "denial": None,
+        "review_required": True,
+        "request_id": "escaped\n",
+        "encoding_version": 2,
+        "presence_method": None,
+        "subject_request_id": None,
+        "count": 3,
+        "prev_hash": GENESIS_HASH,
+    }
+    event["hash"] = seal(keys.chain, GENESIS_HASH, event)
+    _insert_chain(db, keys, event)
+    assert verify_api(client, full=True)["ok"]
+    assert verify_api(client, full=False)["ok"]
+    drop_append_only_triggers(db)
+    with db.begin() as connection:
+        connection.execute(
+            text("UPDATE access_event SET changed_fields = :f WHERE id = :id"),
+            {"f": '["a\\"b", "c\\\\e"]', "id": event["id"]},
+        )
+    result = verify_api(client, full=True)
+    assert problem_names(result) == {"hash-mismatch"}
+    assert result["first_bad_id"] == event["id"]
+
+
+def test_text_that_needs_escapes_verifies_and_an_edit_is_caught(
+    client: TestClient, settings: Settings, db: Engine
+) -> None:
+    """Text columns and links that JSON escapes, or that COPY writes as escapes: a quote alone,
+    a control character COPY leaves as it is, a tab, non-ASCII; each event verifies, and an edit
+    of one is caught."""
+    login(client, cast.SALES)
+    keys = _keys(settings)
+    with db.connect() as connection:
+        at = connection.execute(select(AccessEvent.at)).scalars().first()
+    base: dict[str, Any] = {
+        "seq": 1,
+        "at": at,
+        "actor": "sales1",
+        "actor_id": None,
+        "role": "sales",
+        "store": "S001",
+        "terminal": "POS-1",
+        "purpose": "contract",
+        "reason": "plain",
+        "action": "read",
+        "resource": "customers/x",
+        "customer_ids": ["55555555-5555-4555-8555-555555555555"],
+        "fields": ["name"],
+        "changed_fields": None,
+        "result_count": 1,
+        "outcome": "allowed",
+        "denial": None,
+        "review_required": False,
+        "request_id": "r",
+        "encoding_version": 2,
+        "presence_method": None,
+        "subject_request_id": None,
+        "count": None,
+        "prev_hash": GENESIS_HASH,
+    }
+    odd = {
+        "reason": 'a "quoted" reason',
+        "terminal": "POS\x01",
+        "actor": "José 山田",
+        "resource": "customers/\tx",
+        "customer_ids": ['q"1', "é"],
+        "store": "",
+        "fields": [],
+    }
+    ids = []
+    for n, (column, value) in enumerate(odd.items()):
+        event = {**base, column: value, "id": f"66666666-6666-4666-8666-66666666666{n}"}
+        event["chain"] = f"odd.{n}"
+        event["hash"] = seal(keys.chain, GENESIS_HASH, event)
+        _insert_chain(db, keys, event)
+        ids.append(event["id"])
+    assert verify_api(client, full=True)["ok"]
+    drop_append_only_triggers(db)
+    with db.begin() as connection:
+        connection.execute(
+            text("UPDATE access_event SET reason = :r WHERE id = :id"),
+            {"r": 'a "quoted" reason!', "id": ids[0]},
+        )
+        connection.execute(
+            text("UPDATE access_event_customer SET customer_id = 'q' WHERE event_id = :id"),
+            {"id": ids[4]},
+        )
+    result = verify_api(client, full=True)
+    assert problem_names(result) == {"hash-mismatch"}
+    assert {p["event_id"] for p in result["problems"]} == {ids[0], ids[4]}
+
+
+def test_an_edited_removed_or_added_link_is_caught(client: TestClient, db: Engine) -> None:
+    """The customer links are read apart from their events (PostgreSQL merges two streams): a
+    link changed, removed or added breaks its event's seal, and only that event's."""
+    sales = login(client, cast.SALES)
+    customers = [register_customer(client, sales, seed=80 + n) for n in range(3)]
+    assert verify_api(client, full=True)["ok"]
+    with db.connect() as connection:
+        linked = connection.execute(
+            text(
+                "SELECT event_id, position, customer_id FROM access_event_customer "
+                "ORDER BY event_id, position"
+            )
+        ).all()
+    assert len({event_id for event_id, _, _ in linked}) >= 3
+    first, second, third = sorted({event_id for event_id, _, _ in linked})[:3]
+    drop_append_only_triggers(db)
+    with db.begin() as connection:
+        connection.execute(
+            text(
+                "UPDATE access_event_customer SET customer_id = :c "
+                "WHERE event_id = :id AND position = 0"
+            ),
+            {
+                "c": customers[0].id if linked[0][2] != customers[0].id else customers[1].id,
+                "id": first,
+            },
+        )
+        connection.execute(
+            text("DELETE FROM access_event_customer WHERE event_id = :id"), {"id": second}
+        )
+        connection.execute(
+            text(
+                "INSERT INTO access_event_customer (event_id, position, customer_id) "
+                "VALUES (:id, 99, :c)"
+            ),
+            {"id": third, "c": customers[2].id},
+        )
+    result = verify_api(client, full=True)
+    assert problem_names(result) == {"hash-mismatch"}
+    assert {p["event_id"] for p in result["problems"]} == {first, second, third}
 
 
 def test_version_1_events_verify_by_their_own_fields(

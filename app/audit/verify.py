@@ -1,8 +1,10 @@
 """Verification of the access log: every chain whole, sealed, registered, and as long as the
 newest checkpoint says.
 
-Rows are streamed as plain tuples (no ORM objects) and each event's canonical encoding is built
-straight from them; verification reads one consistent snapshot (heads and events together).
+On PostgreSQL events are read by COPY with their canonical encoding built by the query from the
+stored columns; on SQLite rows are streamed as plain tuples (no ORM objects) and each event's
+encoding is built straight from them. Verification reads one consistent snapshot (heads and
+events together).
 
 Problems, by name:
 
@@ -27,6 +29,7 @@ import json
 import os
 import pickle
 import queue
+import re
 import secrets
 import subprocess
 import sys
@@ -147,6 +150,22 @@ _CHAINS_WITH_EVENTS = text(
 
 def _postgres(connection: Connection) -> bool:
     return connection.dialect.name == "postgresql"
+
+
+def _copies(connection: Connection) -> bool:
+    """Whether events are read by COPY, encoded by the query (PostgreSQL, UTF-8 to the client)."""
+    if not _postgres(connection):
+        return False
+    raw: Any = connection.connection.driver_connection
+    return str(raw.info.encoding).replace("_", "-").lower() in ("utf-8", "utf8")
+
+
+def _literal(connection: Connection, value: Any) -> str:
+    """``value`` as an SQL literal, quoted by psycopg (COPY takes no parameters)."""
+    from psycopg import sql as psycopg_sql
+
+    raw: Any = connection.connection.driver_connection
+    return str(psycopg_sql.Literal(value).as_string(raw))
 
 
 def _stream(connection: Connection, sql: str, params: tuple[Any, ...]) -> Iterator[Sequence[Any]]:
@@ -339,6 +358,408 @@ def _encoded(row: Sequence[Any]) -> bytes | None:
     return None
 
 
+# --- PostgreSQL: bare columns and links by COPY, the encoding built in Python --------------------
+#
+# Two ``COPY (SELECT …) TO STDOUT`` streams in the same snapshot, in the same order (chain, seq):
+# the events' bare columns (text format; no per-row work for PostgreSQL beyond printing them)
+# and their customer links by a plain join (no aggregation), each read by a connection of its
+# own. Python merges them and builds each event's canonical encoding from the bytes with a
+# template: a field is quoted as it is when no byte of it needs escaping in JSON (the usual case,
+# checked once per line); a line that holds a quote, a control character or a backslash other
+# than COPY's NULL marker is decoded and encoded by ``_encoded`` from its row instead. Nothing
+# stored is trusted: every encoding is rebuilt from the columns on every verification.
+
+_AT = "to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+# The text columns first, in the canonical encoding's (sorted) key order, then the rest; the
+# JSON columns last (their quotes are JSON's own).
+_COPY_TEXT = (
+    "action",
+    "actor",
+    "actor_id",
+    "at",
+    "chain",
+    "denial",
+    "id",
+    "outcome",
+    "presence_method",
+    "purpose",
+    "reason",
+    "request_id",
+    "resource",
+    "role",
+    "store",
+    "subject_request_id",
+    "terminal",
+)
+_COPY_REST = (
+    "seq",
+    "count",
+    "result_count",
+    "review_required",
+    "encoding_version",
+    "prev_hash",
+    "hash",
+    "fields",
+    "changed_fields",
+)
+_COPY_SELECT = ", ".join(
+    _AT if column == "at" else f"e.{column}" for column in (*_COPY_TEXT, *_COPY_REST)
+)
+_N_TEXT = len(_COPY_TEXT)
+_NULL = b"\\N"
+
+
+def _byte_template(version: int) -> bytes:
+    """The encoding's keys, sorted, each with a ``%b`` for its value (the version's number in
+    place)."""
+    parts = []
+    for key in _KEYS_BY_VERSION[version]:
+        value = str(version) if key == "encoding_version" else "%b"
+        parts.append(f'"{key}":{value}')
+    return ("{" + ",".join(parts) + "}").encode()
+
+
+_BYTE_TEMPLATES = {version: _byte_template(version) for version in _KEYS_BY_VERSION}
+# A control character other than COPY's tab and newline between fields, or a quote: the line is
+# encoded from its decoded row (``_encoded``), as is one whose backslashes are not all NULL
+# markers. (COPY writes a tab, a newline and a few others in data as escapes.)
+_CONTROL = bytes(c for c in range(32) if c not in (9, 10))
+_NEEDS_CARE = re.compile(rb"[\x00-\x08\x0b-\x1f]")
+
+
+def _plain_json_list(value: bytes) -> bytes | None:
+    """A stored JSON list as written by SQLAlchemy (``json.dumps``' separators) in the canonical
+    form, or None when it is not that simple (then the row is encoded by ``_encoded``)."""
+    if value == _NULL or value == b"null":  # SQL's NULL or JSON's
+        return b"null"
+    # Without a backslash no string in it holds a quote, so every '", "' is a separator.
+    compact = value.replace(b'", "', b'","')
+    if b" " in compact or not compact.startswith(b"["):
+        return None
+    return compact
+
+
+def _plain_encoded(fields: list[bytes], links: bytes) -> bytes | None:
+    """The canonical encoding of a COPY line with nothing to escape (None: not that simple)."""
+    quoted = (b'"' + b'"\t"'.join(fields[:_N_TEXT]) + b'"').replace(b'"\\N"', b"null")
+    (
+        action,
+        actor,
+        actor_id,
+        at,
+        chain,
+        denial,
+        id_,
+        outcome,
+        presence_method,
+        purpose,
+        reason,
+        request_id,
+        resource,
+        role,
+        store,
+        subject_request_id,
+        terminal,
+    ) = quoted.split(b"\t")
+    seq, count, result_count, review, version = fields[_N_TEXT : _N_TEXT + 5]
+    fields_json = _plain_json_list(fields[-2])
+    changed = _plain_json_list(fields[-1])
+    if fields_json is None or changed is None or seq == _NULL:
+        return None
+    review = b"true" if review == b"t" else b"false" if review == b"f" else b"null"
+    if result_count == _NULL:
+        result_count = b"null"
+    if version == b"2":
+        if count == _NULL:
+            count = b"null"
+        return _BYTE_TEMPLATES[2] % (
+            action,
+            actor,
+            actor_id,
+            at,
+            chain,
+            changed,
+            count,
+            links,
+            denial,
+            fields_json,
+            id_,
+            outcome,
+            presence_method,
+            purpose,
+            reason,
+            request_id,
+            resource,
+            result_count,
+            review,
+            role,
+            seq,
+            store,
+            subject_request_id,
+            terminal,
+        )
+    if version == b"1":
+        return _BYTE_TEMPLATES[1] % (
+            action,
+            actor,
+            actor_id,
+            at,
+            chain,
+            changed,
+            links,
+            denial,
+            fields_json,
+            id_,
+            outcome,
+            purpose,
+            reason,
+            request_id,
+            resource,
+            result_count,
+            review,
+            role,
+            seq,
+            store,
+            terminal,
+        )
+    return None
+
+
+# COPY's text format: a tab only between fields, a newline only after a row; these escapes
+# (and ``\N`` for NULL) in a field that holds them.
+_COPY_ESCAPES = {
+    ord("b"): b"\b",
+    ord("f"): b"\f",
+    ord("n"): b"\n",
+    ord("r"): b"\r",
+    ord("t"): b"\t",
+    ord("v"): b"\v",
+}
+
+
+def _copy_field(value: bytes) -> bytes | None:
+    """A COPY text field as stored."""
+    if value == _NULL:
+        return None
+    if b"\\" not in value:
+        return value
+    out = bytearray()
+    i = 0
+    while i < len(value):
+        if value[i] == 0x5C and i + 1 < len(value):  # a backslash
+            out += _COPY_ESCAPES.get(value[i + 1], value[i + 1 : i + 2])
+            i += 2
+        else:
+            out.append(value[i])
+            i += 1
+    return bytes(out)
+
+
+def _copy_text(value: bytes) -> str | None:
+    decoded = _copy_field(value)
+    return None if decoded is None else decoded.decode()
+
+
+def _copy_int(value: bytes) -> int | None:
+    return None if value == _NULL else int(value)
+
+
+def _row_encoded(fields: list[bytes], links: list[str]) -> bytes | None:
+    """The canonical encoding of any COPY line, from its decoded row (``_encoded``)."""
+    texts = dict(zip(_COPY_TEXT, (_copy_text(value) for value in fields[:_N_TEXT]), strict=True))
+    seq, count, result_count, review, version = fields[_N_TEXT : _N_TEXT + 5]
+    row = (
+        texts["id"],
+        texts["chain"],
+        _copy_int(seq),
+        texts["at"],
+        texts["actor"],
+        texts["actor_id"],
+        texts["role"],
+        texts["store"],
+        texts["terminal"],
+        texts["purpose"],
+        texts["reason"],
+        texts["action"],
+        texts["resource"],
+        _copy_text(fields[-2]),
+        _copy_text(fields[-1]),
+        _copy_int(result_count),
+        texts["outcome"],
+        texts["denial"],
+        None if review == _NULL else review == b"t",
+        texts["request_id"],
+        _copy_int(version),
+        texts["presence_method"],
+        texts["subject_request_id"],
+        _copy_int(count),
+        None,
+        None,
+        links,
+    )
+    return _encoded(row)
+
+
+def _copy_lines(raw: Any, sql: str) -> Iterator[list[bytes]]:
+    """The lines of ``COPY (sql) TO STDOUT`` on a psycopg connection, in batches read by a
+    helper thread while this one checks the previous batch (psycopg releases the GIL while it
+    waits)."""
+    batches: queue.Queue[list[bytes] | BaseException | None] = queue.Queue(maxsize=PREFETCH)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            with raw.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT") as copy:
+                batch: list[bytes] = []
+                for line in copy:
+                    batch.append(bytes(line))
+                    if len(batch) >= BATCH:
+                        if stop.is_set():
+                            break
+                        batches.put(batch)
+                        batch = []
+                if batch:
+                    batches.put(batch)
+            batches.put(None)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            batches.put(exc)
+
+    fetcher = threading.Thread(target=fetch, name="audit-verify-copy", daemon=True)
+    fetcher.start()
+    try:
+        while True:
+            batch = batches.get()
+            if batch is None:
+                return
+            if isinstance(batch, BaseException):
+                raise batch
+            yield batch
+    finally:
+        stop.set()
+        while fetcher.is_alive():  # unblock a fetcher waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                batches.get(timeout=0.05)
+
+
+def _links(raw: Any, where: str) -> Iterator[tuple[bytes, list[bytes], bool]]:
+    """(event id, its customer ids by position, whether none needs escaping) of the events
+    ``where`` selects that have links, in the events' order (chain, seq); ids as COPY writes
+    them."""
+    sql = (
+        "SELECT l.event_id, l.customer_id FROM access_event e "  # noqa: S608
+        f"JOIN access_event_customer l ON l.event_id = e.id WHERE {where} "
+        "ORDER BY e.chain, e.seq, l.position"
+    )
+    event: bytes | None = None
+    ids: list[bytes] = []
+    plain = True
+    for batch in _copy_lines(raw, sql):
+        joined = b"".join(batch)
+        batch_plain = not (b"\\" in joined or b'"' in joined or _NEEDS_CARE.search(joined))
+        for line in batch:
+            event_id, customer_id = line[:-1].split(b"\t")
+            if event_id != event:
+                if event is not None:
+                    yield event, ids, plain
+                event, ids, plain = event_id, [], True
+            ids.append(customer_id)
+            if not batch_plain:
+                plain = plain and not (
+                    b"\\" in customer_id or b'"' in customer_id or _NEEDS_CARE.search(customer_id)
+                )
+    if event is not None:
+        yield event, ids, plain
+
+
+@contextlib.contextmanager
+def _snapshot_twin(connection: Connection) -> Iterator[Any]:
+    """A second psycopg connection reading this connection's snapshot (the links' stream)."""
+    snapshot = connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+    twin = connection.engine.connect().execution_options(isolation_level="REPEATABLE READ")
+    try:
+        with twin.begin():
+            twin.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+            yield twin.connection.driver_connection
+    finally:
+        twin.close()
+
+
+def _feed_copy(
+    connection: Connection, twin: Any, checks: dict[str, _ChainCheck], key: bytes, where: str
+) -> None:
+    """The events ``where`` selects (by chain and seq), read by COPY with their links (by
+    ``twin``, a connection in the same snapshot), each into its chain's check."""
+    sql = f"SELECT {_COPY_SELECT} FROM access_event e WHERE {where} ORDER BY e.chain, e.seq"  # noqa: S608
+    digest, tab, newline, backslash, null = hmac.digest, b"\t", b"\n", b"\\", _NULL
+    care = _NEEDS_CARE.search
+    i_chain, i_id, i_at = _COPY_TEXT.index("chain"), _COPY_TEXT.index("id"), _COPY_TEXT.index("at")
+    i_seq, i_prev, i_hash = _N_TEXT, _N_TEXT + 5, _N_TEXT + 6
+    current: _ChainCheck | None = None
+    current_chain: bytes | None = None
+    raw: Any = connection.connection.driver_connection
+    links = _links(twin, where)
+    link = next(links, None)
+    for batch in _copy_lines(raw, sql):
+        # Checked once for the batch: no control character but the tabs and newlines between
+        # fields, and every backslash a NULL marker; else line by line.
+        joined = b"".join(batch)
+        batch_plain = joined.count(backslash) == joined.count(null) and len(
+            joined.translate(None, _CONTROL)
+        ) == len(joined)
+        for line in batch:
+            fields = line[:-1].split(tab)
+            event_id = fields[i_id]
+            ids: list[bytes] = []
+            links_plain = True
+            if link is not None and link[0] == event_id:
+                ids, links_plain = link[1], link[2]
+                link = next(links, None)
+            cut = len(line) - len(fields[-1]) - len(fields[-2]) - 3
+            plain = (
+                (
+                    batch_plain
+                    or (line.count(backslash) == line.count(null) and not care(line, 0, cut))
+                )
+                and line.count(b'"', 0, cut) == 0
+                and links_plain
+            )
+            encoded: bytes | None = None
+            if plain:
+                customers = b'["' + b'","'.join(ids) + b'"]' if ids else b"[]"
+                encoded = _plain_encoded(fields, customers)
+            if encoded is None:
+                encoded = _row_encoded(fields, [_copy_text(customer) or "" for customer in ids])
+            chain = fields[i_chain]
+            if chain != current_chain or current is None:
+                current, current_chain = checks[_copy_text(chain) or ""], chain
+            if plain:
+                at, prev_hash, stored = fields[i_at], fields[i_prev], fields[i_hash]
+                seal = prev_hash + newline + encoded if encoded and prev_hash != null else None
+                current.check(
+                    int(fields[i_seq]),
+                    event_id.decode(),
+                    at.decode(),
+                    None if prev_hash == null else prev_hash.decode(),
+                    None if stored == null else stored.decode(),
+                    seal is not None and digest(key, seal, "sha256").hex().encode() == stored,
+                )
+                continue
+            at_, prev_, stored_ = (_copy_field(fields[i]) for i in (i_at, i_prev, i_hash))
+            current.check(
+                int(fields[i_seq]),
+                _copy_text(event_id) or "",
+                None if at_ is None else at_.decode(),
+                None if prev_ is None else prev_.decode(),
+                None if stored_ is None else stored_.decode(),
+                encoded is not None
+                and prev_ is not None
+                and stored_ is not None
+                and digest(key, prev_ + newline + encoded, "sha256").hex().encode() == stored_,
+            )
+    if link is not None:
+        raise RuntimeError("the links' stream is out of step with the events'")
+
+
 # --- one chain ----------------------------------------------------------------------------------
 
 
@@ -387,8 +808,24 @@ class _ChainCheck:
         return self.start[0] if self.start else self.below
 
     def feed(self, row: Sequence[Any]) -> None:
+        """A streamed row (``_COLUMNS``)."""
+        encoded = _encoded(row)
+        prev_hash, stored = row[24], row[25]
+        # (Plain comparisons: nobody times a verification to learn a hash.)
+        sealed = encoded is not None and seal_encoded(self.key, prev_hash, encoded) == stored
+        self.check(row[2], row[0], row[3], prev_hash, stored, sealed)
+
+    def check(
+        self,
+        seq: int,
+        event_id: str,
+        at: str | None,
+        prev_hash: str | None,
+        stored: str | None,
+        sealed: bool,
+    ) -> None:
+        """One event, in order; ``sealed``: whether its hash is its seal."""
         v = self.v
-        event_id, seq, at, prev_hash, stored = row[0], row[2], row[3], row[24], row[25]
         if seq < self.below:
             return
         v.checked += 1
@@ -403,9 +840,7 @@ class _ChainCheck:
             v.report(Finding(SEQ_GAP, self.chain, seq, event_id, at))
         elif prev_hash != self.prev:
             v.report(Finding(HASH_MISMATCH, self.chain, seq, event_id, at))
-        encoded = _encoded(row)
-        # (Plain comparisons: nobody times a verification to learn a hash.)
-        if encoded is None or seal_encoded(self.key, prev_hash, encoded) != stored:
+        if not sealed:
             v.report(Finding(HASH_MISMATCH, self.chain, seq, event_id, at))
         if (
             self.checkpoint is not None
@@ -413,7 +848,7 @@ class _ChainCheck:
             and stored != self.checkpoint[1]
         ):
             v.report(Finding(HASH_MISMATCH, self.chain, seq, event_id, at))
-        self.prev = stored
+        self.prev = stored or ""
         self.expect = seq + 1
         self.last_seq = seq
 
@@ -506,18 +941,32 @@ def verify(
             _verify_in_parallel(connection, keys, verification, chains, check, workers)
             return verification
         checks = {chain: check(chain, None) for chain in chains}
-        for row in _all_events(connection):
-            checks[row[1]].feed(row)
+        if _copies(connection):
+            with _snapshot_twin(connection) as twin:
+                _feed_copy(connection, twin, checks, keys.chain, "TRUE")
+        else:
+            for row in _all_events(connection):
+                checks[row[1]].feed(row)
         for chain in chains:
             checks[chain].finish()
         return verification
 
-    for chain in chains:
-        start = checkpoints.verified.get(chain)
-        current = check(chain, start)
-        for row in _chain_events(connection, chain, current.from_seq):
-            current.feed(row)
-        current.finish()
+    copies = _copies(connection)
+    with contextlib.ExitStack() as stack:
+        twin = stack.enter_context(_snapshot_twin(connection)) if copies and chains else None
+        for chain in chains:
+            start = checkpoints.verified.get(chain)
+            current = check(chain, start)
+            if twin is not None:
+                where = (
+                    f"e.chain = {_literal(connection, chain)} "
+                    f"AND e.seq >= {_literal(connection, current.from_seq)}"
+                )
+                _feed_copy(connection, twin, {chain: current}, keys.chain, where)
+            else:
+                for row in _chain_events(connection, chain, current.from_seq):
+                    current.feed(row)
+            current.finish()
     return verification
 
 
@@ -531,7 +980,7 @@ MAX_WORKERS = 4
 
 
 def _workers(connection: Connection, heads: dict[str, _HeadRow]) -> int:
-    if not _postgres(connection) or sum(h.seq for h in heads.values()) < PARALLEL_MIN_EVENTS:
+    if not _copies(connection) or sum(h.seq for h in heads.values()) < PARALLEL_MIN_EVENTS:
         return 1
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1, len(heads)))
 
@@ -559,12 +1008,9 @@ def _check_part(connection: Connection, part: _Part, verification: Verification)
         )
         for chain, checkpoint, head, registered, anchor in part.chains
     }
-    sql = (
-        f"SELECT {_POSTGRES_SELECT} FROM access_event e "  # noqa: S608
-        "WHERE e.chain = ANY(%s) ORDER BY e.chain, e.seq"
-    )
-    for row in _stream(connection, sql, (list(checks),)):
-        checks[row[1]].feed(row)
+    where = f"e.chain = ANY({_literal(connection, list(checks))})"
+    with _snapshot_twin(connection) as twin:
+        _feed_copy(connection, twin, checks, part.keys.chain, where)
     for check in checks.values():
         check.finish()
 
