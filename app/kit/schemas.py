@@ -31,12 +31,13 @@ class Patch(Strict):
         return self
 
 
-def _in_utc(moment: datetime) -> datetime:
+def _has_utc_equivalent(moment: datetime) -> datetime:
     try:
-        return moment.astimezone(UTC)
+        moment.astimezone(UTC)
     except OverflowError:
         raise ValueError("the time is out of range") from None
+    return moment
 
 
-# A point in time with an offset, held in UTC; one that has no UTC equivalent is a ``422``.
-Instant = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+# A point in time with an offset (kept as sent); one with no UTC equivalent is a ``422``.
+Instant = Annotated[AwareDatetime, AfterValidator(_has_utc_equivalent)]
