@@ -34,10 +34,10 @@ import secrets
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, text
 
@@ -168,32 +168,30 @@ def _literal(connection: Connection, value: Any) -> str:
     return str(psycopg_sql.Literal(value).as_string(raw))
 
 
-def _stream(connection: Connection, sql: str, params: tuple[Any, ...]) -> Iterator[Sequence[Any]]:
-    """Rows straight from the driver's cursor (server-side on PostgreSQL), in batches fetched
-    by a helper thread while this one checks the previous batch (the drivers release the GIL
-    while they wait for the database)."""
-    raw: Any = connection.connection.driver_connection
-    if _postgres(connection):
-        cursor = raw.cursor(name=f"verify_{secrets.token_hex(6)}")
-        cursor.itersize = BATCH
-    else:
-        cursor = raw.cursor()
-    batches: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=PREFETCH)
+_T = TypeVar("_T")
+
+
+def _prefetched(
+    produce: Callable[[], Generator[list[_T], None, None]], name: str
+) -> Generator[list[_T], None, None]:
+    """The batches ``produce`` yields, made by a helper thread while this one checks the
+    previous batch (the drivers release the GIL while they wait for the database). Closing the
+    iterator stops the helper and waits for it."""
+    batches: queue.Queue[list[_T] | BaseException | None] = queue.Queue(maxsize=PREFETCH)
     stop = threading.Event()
 
     def fetch() -> None:
         try:
-            cursor.execute(sql, params)
-            while not stop.is_set():
-                rows = cursor.fetchmany(BATCH)
-                if not rows:
-                    break
-                batches.put(rows)
+            with contextlib.closing(produce()) as produced:
+                for batch in produced:
+                    if stop.is_set():
+                        break
+                    batches.put(batch)
             batches.put(None)
         except BaseException as exc:  # handed to the consumer, which raises it
             batches.put(exc)
 
-    fetcher = threading.Thread(target=fetch, name="audit-verify-fetch", daemon=True)
+    fetcher = threading.Thread(target=fetch, name=name, daemon=True)
     fetcher.start()
     try:
         while True:
@@ -202,12 +200,33 @@ def _stream(connection: Connection, sql: str, params: tuple[Any, ...]) -> Iterat
                 return
             if isinstance(batch, BaseException):
                 raise batch
-            yield from batch
+            yield batch
     finally:
         stop.set()
         while fetcher.is_alive():  # unblock a fetcher waiting on a full queue
             with contextlib.suppress(queue.Empty):
                 batches.get(timeout=0.05)
+
+
+def _stream(connection: Connection, sql: str, params: tuple[Any, ...]) -> Iterator[Sequence[Any]]:
+    """Rows straight from the driver's cursor (server-side on PostgreSQL), fetched ahead."""
+    raw: Any = connection.connection.driver_connection
+    if _postgres(connection):
+        cursor = raw.cursor(name=f"verify_{secrets.token_hex(6)}")
+        cursor.itersize = BATCH
+    else:
+        cursor = raw.cursor()
+
+    def fetched() -> Generator[list[Any], None, None]:
+        cursor.execute(sql, params)
+        while rows := cursor.fetchmany(BATCH):
+            yield rows
+
+    try:
+        with contextlib.closing(_prefetched(fetched, "audit-verify-fetch")) as batches:
+            for batch in batches:
+                yield from batch
+    finally:
         cursor.close()
 
 
@@ -601,44 +620,20 @@ def _row_encoded(fields: list[bytes], links: list[str]) -> bytes | None:
 
 
 def _copy_lines(raw: Any, sql: str) -> Iterator[list[bytes]]:
-    """The lines of ``COPY (sql) TO STDOUT`` on a psycopg connection, in batches read by a
-    helper thread while this one checks the previous batch (psycopg releases the GIL while it
-    waits)."""
-    batches: queue.Queue[list[bytes] | BaseException | None] = queue.Queue(maxsize=PREFETCH)
-    stop = threading.Event()
+    """The lines of ``COPY (sql) TO STDOUT`` on a psycopg connection, in batches read ahead."""
 
-    def fetch() -> None:
-        try:
-            with raw.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT") as copy:
-                batch: list[bytes] = []
-                for line in copy:
-                    batch.append(bytes(line))
-                    if len(batch) >= BATCH:
-                        if stop.is_set():
-                            break
-                        batches.put(batch)
-                        batch = []
-                if batch:
-                    batches.put(batch)
-            batches.put(None)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            batches.put(exc)
+    def copied() -> Generator[list[bytes], None, None]:
+        with raw.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT") as copy:
+            batch: list[bytes] = []
+            for line in copy:
+                batch.append(bytes(line))
+                if len(batch) >= BATCH:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
 
-    fetcher = threading.Thread(target=fetch, name="audit-verify-copy", daemon=True)
-    fetcher.start()
-    try:
-        while True:
-            batch = batches.get()
-            if batch is None:
-                return
-            if isinstance(batch, BaseException):
-                raise batch
-            yield batch
-    finally:
-        stop.set()
-        while fetcher.is_alive():  # unblock a fetcher waiting on a full queue
-            with contextlib.suppress(queue.Empty):
-                batches.get(timeout=0.05)
+    return _prefetched(copied, "audit-verify-copy")
 
 
 def _links(raw: Any, where: str) -> Iterator[tuple[bytes, list[bytes], bool]]:
