@@ -174,7 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _app_from_environment() -> FastAPI:
+def app_from_environment() -> FastAPI:
     settings = Settings()
     configure_logging(settings.log_level)
     return create_app(settings)
@@ -184,7 +184,7 @@ def __getattr__(name: str) -> Any:
     # ``app.main:app`` is built on first access, so that importing this module (tests, the CLI)
     # does not read the environment or touch the data directory.
     if name == "app":
-        application = _app_from_environment()
+        application = app_from_environment()
         globals()["app"] = application
         return application
     raise AttributeError(name)

@@ -13,16 +13,12 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.config import Settings
-from app.logs import configure_logging
-from app.main import create_app
+from app.main import app_from_environment
 from app.runtime import Runtime
 
 
 def _build() -> FastAPI:
-    settings = Settings()
-    configure_logging(settings.log_level)
-    application = create_app(settings)
+    application = app_from_environment()
     runtime: Runtime = application.state.runtime
     runtime.audit_log.stop_listening(runtime.alerts.on_append)
     return application
