@@ -106,19 +106,15 @@ class UnitOfWork:
         events, self._events = self._events, []
         # Only a unit of work that appends anyway carries the summaries (no write of its own).
         summaries = await self._refusals.due() if events and self._refusals is not None else []
+        drafts, request_id = [*summaries, *events], current_request_id()
         try:
             if events and self._group_commit is not None and not await self._wrote():
                 # Only events to write: end the read, commit them with other requests' events.
                 await self.session.rollback()
-                await self._group_commit.append(
-                    [*summaries, *events], request_id=current_request_id()
-                )
+                await self._group_commit.append(drafts, request_id=request_id)
             else:
                 await self._audit_log.commit(
-                    self.session,
-                    [*summaries, *events],
-                    request_id=current_request_id(),
-                    at=self._audit_log.now(),
+                    self.session, drafts, request_id=request_id, at=self._audit_log.now()
                 )
         except DatabaseUnavailable as exc:
             await self.rollback()
