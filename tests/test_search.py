@@ -101,8 +101,12 @@ def test_at_most_five_masked_matches_and_an_event_without_the_terms(
     assert (event.action, event.outcome, event.result_count) == ("search", "allowed", 5)
     assert sorted(event.customer_ids) == sorted(item["id"] for item in items)
     assert event.fields == []
-    # Nowhere in the event row: not the phone in any form, nor its digits.
-    row_text = " ".join(str(value) for value in vars(event.row).values())
+    # Nowhere in the event row: not the phone in any form, nor its digits. Random identifiers
+    # and digests (hex) are left out: "5555" turns up in them by chance about once in 300 runs.
+    generated = {"id", "hash", "prev_hash", "chain", "request_id", "customer_ids", "actor_id"}
+    row_text = " ".join(
+        str(value) for name, value in vars(event.row).items() if name not in generated
+    )
     for term in (phone, "08055550101", "+818055550101", "55550101", "5555"):
         assert term not in row_text, term
 
