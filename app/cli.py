@@ -370,7 +370,7 @@ def _finish(
     def progress(moved: int) -> None:
         log.info("data keys re-wrapped", extra={"event": "key_rotation", "count": moved})
 
-    async def run(_runtime: Runtime, transact: Transactions) -> RotationReport:
+    async def run(runtime: Runtime, transact: Transactions) -> RotationReport:
         return await finish_rotation(
             transact,
             ring,
@@ -378,12 +378,15 @@ def _finish(
             actor=CLI_ACTOR,
             batch_size=args.batch_size,
             on_batch=progress,
+            shred_keys=runtime.vault.shred_keys,
         )
 
     try:
         report = with_runtime(settings, run)
     except RotationError as exc:
         raise CommandRefused(str(exc)) from exc
+    if report.masked:
+        print(f"shopvault: {report.masked} customer data keys from before shred keys masked.")
     print(f"shopvault: {report.rewrapped} data keys re-wrapped with master key {report.target_id}.")
     return report
 
@@ -594,7 +597,12 @@ def purge_command(args: argparse.Namespace, settings: Settings) -> int:
 
         async def work(runtime: Runtime, transact: Transactions) -> PurgeOutcome:
             return await purge(
-                transact, CLI_ACTOR, now=now, dry_run=dry_run, progress=_progress_bar()
+                transact,
+                runtime.vault,
+                CLI_ACTOR,
+                now=now,
+                dry_run=dry_run,
+                progress=_progress_bar(),
             )
 
         outcome = with_runtime(settings, work)
@@ -630,6 +638,11 @@ def purge_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"    customer {customer_id}")
     print(f"  visit notes {verb} cleared (visit.notes): {outcome.visit_notes}")
     print(f"  messages {verb} deleted (message): {outcome.messages}")
+    if outcome.shred_keys_destroyed:
+        print(
+            f"  old shred keys destroyed (left by an interrupted erasure): "
+            f"{outcome.shred_keys_destroyed}"
+        )
     if pruned is not None:
         print(
             f"  access events {verb} pruned (access_event): {pruned.events} "

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
 
     # The access log's checkpoints, appended outside the database (see docs/audit-chain.md).
     audit_checkpoint_file: Path | None = None
+    # Outside the database, like the keys: what makes an erasure reach database backups.
+    shred_keys_file: Path | None = None
     # Alert thresholds: "more than N within the period" per caller.
     alert_bulk_read: str = "20/10minutes"
     alert_denied_burst: str = "5/10minutes"
@@ -133,6 +135,10 @@ class Settings(BaseSettings):
     @property
     def resolved_checkpoint_file(self) -> Path:
         return self.audit_checkpoint_file or self.data_dir / "audit-checkpoints.jsonl"
+
+    @property
+    def resolved_shred_keys_file(self) -> Path:
+        return self.shred_keys_file or self.data_dir / "shred.keys"
 
     @property
     def resolved_migration_database_url(self) -> str:

@@ -28,8 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit.events import Action, Actor, EventDraft
 from app.crypto import DecryptionError, KeyScope, MasterKey
 from app.keyring import MasterKeyRing
-from app.models import CustomerKey, MasterKeyRetirement, ServiceKey
+from app.models import CustomerKey, MasterKeyRetirement, ServiceKey, ShredBucket
 from app.models.base import utcnow
+from app.shred_keys import ShredKeys, bucket_of, split_stored, with_version
 from app.uow import UnitOfWork
 from app.vault import SERVICE_KEY_OWNER
 
@@ -64,6 +65,7 @@ class KeyUsage:
 class RotationReport:
     target_id: str
     rewrapped: int = 0
+    masked: int = 0  # customer data keys stored before shred keys, masked now
     retired: list[str] = field(default_factory=list)
     # Keys of the ring that an earlier, interrupted run retired already.
     retired_earlier: list[str] = field(default_factory=list)
@@ -118,17 +120,24 @@ async def supersede(session: AsyncSession, key_ids: Collection[str], target_id: 
     return added
 
 
-def _rewrap(ring: MasterKeyRing, wrapped: bytes, owner: str, scope: KeyScope, key_id: str) -> bytes:
+def _unwrap(ring: MasterKeyRing, wrapped: bytes, owner: str, scope: KeyScope, key_id: str) -> bytes:
     old = ring.key(key_id)
     assert old is not None  # only rows of keys in the ring are selected
     try:
-        data_key = MasterKey(old).unwrap(wrapped, customer_id=owner, scope=scope)
+        return MasterKey(old).unwrap(wrapped, customer_id=owner, scope=scope)
     except DecryptionError:
         raise RotationError(
             f"a data key named as wrapped by master key {key_id} does not open with it: "
             "the ring holds another key under that name, or the row is damaged"
         ) from None
-    return MasterKey(ring.newest).wrap(data_key, customer_id=owner, scope=scope)
+
+
+def _rewrap(ring: MasterKeyRing, stored: bytes, owner: str, scope: KeyScope, key_id: str) -> bytes:
+    # A customer's data key stays masked by its shred key: only the master key's wrap changes.
+    wrapped, shred_version = split_stored(stored)
+    masked = _unwrap(ring, wrapped, owner, scope, key_id)
+    rewrapped = MasterKey(ring.newest).wrap(masked, customer_id=owner, scope=scope)
+    return rewrapped if shred_version is None else with_version(rewrapped, shred_version)
 
 
 async def rewrap_batch(
@@ -160,6 +169,51 @@ async def rewrap_batch(
         done += 1
     await session.flush()
     return done
+
+
+async def mask_batch(
+    session: AsyncSession, ring: MasterKeyRing, shred_keys: ShredKeys, limit: int
+) -> int:
+    """Mask up to ``limit`` customer data keys stored before shred keys existed with their
+    bucket's current shred key, wrapping them with the ring's newest key (no commit)."""
+    rows = (
+        (
+            await session.execute(
+                select(CustomerKey)
+                .where(CustomerKey.shred_bucket.is_(None))
+                .order_by(CustomerKey.customer_id, CustomerKey.scope)
+                .limit(limit)
+                .with_for_update()
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if not rows:
+        return 0
+    buckets = {row.customer_id: bucket_of(row.customer_id) for row in rows}
+    versions = await session.execute(
+        select(ShredBucket.bucket, ShredBucket.version)
+        .where(ShredBucket.bucket.in_(set(buckets.values())))
+        .with_for_update(read=True)
+    )
+    current = {bucket: version for bucket, version in versions.all()}
+    shred_keys.ensure(current)
+    newest = MasterKey(ring.newest)
+    for row in rows:
+        scope, bucket = KeyScope(row.scope), buckets[row.customer_id]
+        if ring.key(row.master_key_id) is None:
+            raise RotationError(
+                f"a data key is wrapped by master key {row.master_key_id}, not in the ring"
+            )
+        data_key = _unwrap(ring, row.wrapped_key, row.customer_id, scope, row.master_key_id)
+        masked = shred_keys.mask(data_key, row.customer_id, scope, current[bucket])
+        wrapped = newest.wrap(masked, customer_id=row.customer_id, scope=scope)
+        row.wrapped_key = with_version(wrapped, current[bucket])
+        row.master_key_id = ring.newest_id
+        row.shred_bucket = bucket
+    await session.flush()
+    return len(rows)
 
 
 async def retire_unreferenced(
@@ -206,11 +260,13 @@ async def finish_rotation(
     actor: Actor,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
+    shred_keys: ShredKeys | None = None,
 ) -> RotationReport:
     """Move every data key wrapped by a superseded key of ``ring`` to its newest key; retire.
 
     ``superseded`` names the ring's keys to move away from (besides those superseded by an
-    earlier, interrupted run). Each step commits on its own, so a crash loses nothing.
+    earlier, interrupted run). With ``shred_keys``, customer data keys stored before shred keys
+    existed are masked first. Each step commits on its own, so a crash loses nothing.
     """
     target = ring.newest_id
     report = RotationReport(target_id=target)
@@ -236,6 +292,18 @@ async def finish_rotation(
         for key_id in retired:
             uow.record(_event(actor, key_id, "retired_at"))
         return retired, used
+
+    async def mask(uow: UnitOfWork) -> int:
+        assert shred_keys is not None
+        masked = await mask_batch(uow.session, ring, shred_keys, batch_size)
+        if masked:
+            uow.record(_event(actor, target, "masked_keys"))
+        return masked
+
+    while shred_keys is not None and (masked := await transact(mask)):
+        report.masked += masked
+        if on_batch is not None:
+            on_batch(masked)
 
     used: dict[str, int] = {}
     for _round in range(RETIRE_ROUNDS):

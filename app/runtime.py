@@ -28,6 +28,7 @@ from app.kit.idempotency import derive_fingerprint_key
 from app.presence.locks import PresenceLocks
 from app.presence.proofs import ProofKeys
 from app.ratelimit import RateLimits
+from app.shred_keys import ShredKeys
 from app.vault import Vault
 
 
@@ -100,7 +101,10 @@ class Runtime:
             alerts=alerts,
             read_engine=read_engine,
             writers=writers,
-            vault=Vault(master_ring_source(settings)),
+            vault=Vault(
+                master_ring_source(settings),
+                ShredKeys(settings.resolved_shred_keys_file).prepare(),
+            ),
             blind_index=BlindIndex(keys.index),
             proof_keys=ProofKeys(keys.index),
             presence_locks=PresenceLocks(limits.storage, settings.presence_lock),

@@ -14,7 +14,8 @@ and the summaries of passed windows ride along with the next events this unit of
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -31,6 +32,8 @@ from app.db import DatabaseUnavailable, wrote
 from app.errors import AuditUnavailable, Problem, RateLimited, ServiceUnavailable, Unauthorized
 from app.kit.deps import RuntimeDep
 from app.request_context import current_request_id
+
+log = logging.getLogger(__name__)
 
 
 class UnitOfWork:
@@ -54,9 +57,24 @@ class UnitOfWork:
         self._events: list[EventDraft] = []
         self._principal: Principal | None = None
         self._principal_verified = False
+        self._after_commit: list[Callable[[], object]] = []
 
     def record(self, event: EventDraft) -> None:
         self._events.append(event)
+
+    def after_commit(self, action: Callable[[], object]) -> None:
+        """Run ``action`` once this unit of work has committed (not if it rolls back), before
+        the answer leaves. For what must follow the commit and cannot be in it (a file outside
+        the database); a failure is logged, and the commit stands."""
+        self._after_commit.append(action)
+
+    def _committed(self) -> None:
+        actions, self._after_commit = self._after_commit, []
+        for action in actions:
+            try:
+                action()
+            except Exception:
+                log.exception("an action after commit failed", extra={"event": "after_commit"})
 
     def client_address(self) -> str:
         """The address of the client (see ``app/client_address.py``); "cli" off the web."""
@@ -121,6 +139,7 @@ class UnitOfWork:
             if summaries and self._refusals is not None:
                 await self._refusals.put_back(summaries)
             raise AuditUnavailable() from exc
+        self._committed()
 
     async def _wrote(self) -> bool:
         session = self.session
@@ -149,6 +168,7 @@ class UnitOfWork:
             await self.commit()
 
     async def rollback(self) -> None:
+        self._after_commit = []
         try:
             await self.session.rollback()
         except DatabaseUnavailable:

@@ -2,7 +2,9 @@
 
 Each customer has two key scopes: ``identity`` (the identity-verification record, which the law
 makes us keep longer) and ``profile`` (everything else), so that erasure can destroy one and keep
-the other. Data keys that belong to no customer (visit notes) are service keys.
+the other. A customer's data keys are stored masked by their bucket's shred key, which lives
+outside the database (``app/shred_keys.py``): the master key wraps the masked key. Data keys that
+belong to no customer (visit notes) are service keys.
 
 New data keys are wrapped with the newest master key the process knows; the ring is read again
 whenever its file has changed, and when a data key opens with none of the keys known so far (a
@@ -20,6 +22,7 @@ from app.crypto import DecryptionError, FieldCipher, KeyScope, MasterKey, new_da
 from app.keyfiles import KeyError_
 from app.keyring import FixedRing, MasterKeyRing, RingSource, Stamp, master_key_id
 from app.models import CustomerKey, ServiceKey
+from app.shred_keys import ShredKeyMissing, ShredKeys, bucket_of, split_stored, with_version
 
 __all__ = ["SERVICE_KEY_OWNER", "CustomerCiphers", "Vault", "master_key_id"]
 
@@ -43,10 +46,11 @@ class CustomerCiphers:
 
 
 class Vault:
-    def __init__(self, keys: RingSource | bytes) -> None:
+    def __init__(self, keys: RingSource | bytes, shred_keys: ShredKeys) -> None:
         self._source: RingSource = (
             FixedRing(MasterKeyRing((keys,))) if isinstance(keys, bytes) else keys
         )
+        self.shred_keys = shred_keys
         self._use(*self._source.load())
         # Only keys read back from committed rows are cached (see visits.service.notes_cipher).
         self._service_ciphers: dict[str, FieldCipher] = {}
@@ -124,30 +128,58 @@ class Vault:
 
     # --- customer keys ------------------------------------------------------------------------
 
-    def new_customer_keys(self, customer_id: str) -> tuple[CustomerCiphers, list[CustomerKey]]:
-        key_id, master = self._wrapping_key()
+    def new_customer_keys(
+        self, customer_id: str, shred_version: int
+    ) -> tuple[CustomerCiphers, list[CustomerKey]]:
+        """A new customer's data keys, masked with version ``shred_version`` of their bucket's
+        shred key (the bucket's current version, read from the database under a lock)."""
+        bucket = bucket_of(customer_id)
+        self.shred_keys.ensure({bucket: shred_version})
         ciphers: dict[KeyScope, FieldCipher] = {}
         rows: list[CustomerKey] = []
         for scope in KeyScope:
             data_key = new_data_key()
             ciphers[scope] = FieldCipher(data_key)
+            key_id, stored = self.wrap_customer_key(data_key, customer_id, scope, shred_version)
             rows.append(
                 CustomerKey(
                     customer_id=customer_id,
                     scope=scope.value,
-                    wrapped_key=master.wrap(data_key, customer_id=customer_id, scope=scope),
+                    wrapped_key=stored,
                     master_key_id=key_id,
+                    shred_bucket=bucket,
                 )
             )
         return CustomerCiphers(ciphers[KeyScope.IDENTITY], ciphers[KeyScope.PROFILE]), rows
 
+    def wrap_customer_key(
+        self, data_key: bytes, customer_id: str, scope: KeyScope, shred_version: int
+    ) -> tuple[str, bytes]:
+        """What ``customer_key`` holds: the id of the newest master key (``master_key_id``) and
+        its wrap of the masked data key with the shred key version (``wrapped_key``)."""
+        key_id, master = self._wrapping_key()
+        masked = self.shred_keys.mask(data_key, customer_id, scope, shred_version)
+        wrapped = master.wrap(masked, customer_id=customer_id, scope=scope)
+        return key_id, with_version(wrapped, shred_version)
+
+    def unwrap_customer_key(self, stored: bytes, customer_id: str, scope: KeyScope) -> bytes:
+        """A customer's data key from what ``customer_key.wrapped_key`` holds."""
+        wrapped, shred_version = split_stored(stored)
+        masked = self._unwrap(wrapped, customer_id, scope, None)
+        if shred_version is None:
+            return masked  # stored before shred keys existed
+        try:
+            return self.shred_keys.mask(masked, customer_id, scope, shred_version)
+        except ShredKeyMissing as exc:
+            raise DecryptionError("The shred key of this data key is gone.") from exc
+
     def open_customer(
         self, customer_id: str, *, identity: bytes | None, profile: bytes | None
     ) -> CustomerCiphers:
-        def unwrap(wrapped: bytes | None, scope: KeyScope) -> FieldCipher | None:
-            if wrapped is None:
+        def unwrap(stored: bytes | None, scope: KeyScope) -> FieldCipher | None:
+            if stored is None:
                 return None
-            return FieldCipher(self._unwrap(wrapped, customer_id, scope, None))
+            return FieldCipher(self.unwrap_customer_key(stored, customer_id, scope))
 
         return CustomerCiphers(
             identity=unwrap(identity, KeyScope.IDENTITY), profile=unwrap(profile, KeyScope.PROFILE)

@@ -3,6 +3,7 @@ crypto-shredding (the identity record kept only while the law requires it)."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from collections.abc import Callable
 from datetime import date, timedelta
@@ -14,22 +15,24 @@ from sqlalchemy import Engine, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from app import shred_keys
 from app.crypto import DecryptionError, FieldCipher, KeyScope, MasterKey
 from app.db import create_sync_engine
-from app.keys import load_keys
+from app.keyring import master_ring_source
 from app.main import create_app
 from app.models import ConsentEvent, Contract, Customer, CustomerKey, Message, PaperForm, Visit
 from app.policy import FieldGroup
 from app.retention.service import today_in_japan
+from app.shred_keys import FIRST_VERSION, ShredKeys, split_stored
+from app.vault import Vault
 from tests import cast
 from tests.access_log import event_of
 from tests.conftest import SettingsFactory, login, login_client
 from tests.messaging import send
-from tests.test_key_rotation import _rotate as rotate
-from tests.test_key_rotation import _use_settings as use_settings
 from tests.world import add_contract, open_visit, purpose, register_customer
 
 Headers = dict[str, str]
+PROFILE = KeyScope.PROFILE
 REASON = "お客様からの開示請求への対応のため"
 EXPORT_KEYS = {
     "customer",
@@ -372,54 +375,65 @@ def test_a_copy_taken_before_erasure_no_longer_decrypts_with_the_live_keys(
     database_url: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    settings = make_settings(master_key=None)  # generated keys: a ring that rotation edits
+    # One bucket for every customer: the erasure must move the neighbour's keys on, not lose them.
+    monkeypatch.setattr(shred_keys, "BUCKETS", 1)
+    settings = make_settings()
+    shred_file = settings.resolved_shred_keys_file
     with TestClient(create_app(settings)) as client:
-        customer = register_customer(client, login(client, cast.SALES), seed=307)
-        register_customer(client, login(client, cast.SALES), seed=308)  # keys that stay live
+        sales = login(client, cast.SALES)
+        customer = register_customer(client, sales, seed=307)
+        neighbour = register_customer(client, sales, seed=308)
         backup = _copy_database(database_url, tmp_path, db)
+        shred_backup = tmp_path / "shred.keys.backup"
+        shutil.copyfile(shred_file, shred_backup)  # the key file as it was at the backup
         erased = client.delete(
             f"/customers/{customer.id}",
             headers=purpose(login(client, cast.MANAGER), "subject_request", reason=REASON),
         )
         assert erased.status_code == 200, erased.text
+        # Before the answer: the bucket is at its next version, the old one destroyed.
+        assert ShredKeys(shred_file).versions()[0] == [FIRST_VERSION + 1]
+        read = client.get(
+            f"/customers/{neighbour.id}",
+            headers=purpose(sales, "contract", visit=neighbour.visit_id),
+        )
+        assert read.status_code == 200, read.text
+        assert read.json()["name"] == neighbour.body["name"]
     phone_blob, name_blob = next((p, n) for cid, p, n in backup["customer"] if cid == customer.id)
     copied = {scope: w for cid, scope, w in backup["customer_key"] if cid == customer.id}
-    assert set(copied) == {"identity", "profile"}  # the copy is a real one
+    assert set(copied) == {"identity", "profile"}
 
-    def live_masters() -> list[MasterKey]:
-        return [MasterKey(key) for key in load_keys(settings).master_ring.keys]
+    ring = master_ring_source(settings)
+    then = Vault(ring, ShredKeys(shred_backup).prepare())
+    live = Vault(ring, ShredKeys(shred_file).prepare())
 
-    # 1. No key the live database holds opens the copy's ciphertexts.
+    def phone(cipher: FieldCipher) -> str:
+        return cipher.decrypt(phone_blob, table="customer", column="phone", row_id=customer.id)
+
+    # The copy is a real one: with the key file of its time it opens.
+    assert phone(FieldCipher(then.unwrap_customer_key(copied["profile"], customer.id, PROFILE)))
+    # With the live keys it does not: the shred key it was masked with is gone.
+    for scope in KeyScope:
+        with pytest.raises(DecryptionError):
+            live.unwrap_customer_key(copied[scope.value], customer.id, scope)
+    # The live master key alone gives only the masked key, which opens nothing.
+    wrapped, version = split_stored(copied["profile"])
+    assert version == FIRST_VERSION
+    masked = MasterKey(ring.prepare().newest).unwrap(
+        wrapped, customer_id=customer.id, scope=PROFILE
+    )
+    for blob, column in ((phone_blob, "phone"), (name_blob, "name")):
+        with pytest.raises(DecryptionError):
+            FieldCipher(masked).decrypt(blob, table="customer", column=column, row_id=customer.id)
+    # No key row left in the live database opens the copy's ciphertexts either.
     with Session(db) as session:
-        live = session.execute(
+        rows = session.execute(
             select(CustomerKey.customer_id, CustomerKey.scope, CustomerKey.wrapped_key)
         ).all()
-    assert live and all(cid != customer.id for cid, _scope, _wrapped in live)
-    for cid, scope, wrapped in live:
-        for master in live_masters():
-            try:
-                data_key = master.unwrap(wrapped, customer_id=cid, scope=KeyScope(scope))
-            except DecryptionError:
-                continue
-            for blob, column in ((phone_blob, "phone"), (name_blob, "name")):
-                with pytest.raises(DecryptionError):
-                    FieldCipher(data_key).decrypt(
-                        blob, table="customer", column=column, row_id=customer.id
-                    )
-
-    # 2. The copy carries its own wrapped key, which the master key still opens — until the
-    # next `shopvault keys rotate` retires that master key: then the copy is shredded too.
-    (master,) = live_masters()
-    profile = FieldCipher(
-        master.unwrap(copied["profile"], customer_id=customer.id, scope=KeyScope.PROFILE)
-    )
-    assert profile.decrypt(phone_blob, table="customer", column="phone", row_id=customer.id)
-    use_settings(monkeypatch, settings)
-    code, _out, err = rotate(capsys)
-    assert code == 0, err
-    for master in live_masters():
-        for scope in KeyScope:
-            with pytest.raises(DecryptionError):
-                master.unwrap(copied[scope.value], customer_id=customer.id, scope=scope)
+    assert rows and all(cid != customer.id for cid, _scope, _wrapped in rows)
+    for cid, scope_name, stored in rows:
+        assert split_stored(stored)[1] == FIRST_VERSION + 1  # every key of the bucket moved on
+        data_key = live.unwrap_customer_key(stored, cid, KeyScope(scope_name))
+        with pytest.raises(DecryptionError):
+            phone(FieldCipher(data_key))

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.orm import InstrumentedAttribute
 
+from app import shredding
 from app.access.context import AccessContext
 from app.access.guard import denied, permit
 from app.access.pipeline import (
@@ -136,7 +137,8 @@ async def add_customer(
 
     No access rule is checked here: the caller has (or is the demo)."""
     customer_id = new_id()
-    ciphers, key_rows = runtime.vault.new_customer_keys(customer_id)
+    shred_version = await shredding.current_version(uow.session, customer_id)
+    ciphers, key_rows = runtime.vault.new_customer_keys(customer_id, shred_version)
     document_number = body.identity_document.number  # normalised per type by the schema
 
     def seal(column: str, value: str) -> bytes:

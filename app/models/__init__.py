@@ -8,7 +8,7 @@ from app.models.access_event import (
     AuditCheckpoint,
 )
 from app.models.base import Base
-from app.models.customer import ConsentEvent, Contract, Customer, CustomerKey
+from app.models.customer import ConsentEvent, Contract, Customer, CustomerKey, ShredBucket
 from app.models.identity import RevokedToken, Staff, Store, SystemClient
 from app.models.master_key import MasterKeyRetirement
 from app.models.message import Message, PresenceCode
@@ -38,6 +38,7 @@ __all__ = [
     "RepairStatusChange",
     "RevokedToken",
     "ServiceKey",
+    "ShredBucket",
     "Staff",
     "Store",
     "SubjectRequest",

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Date,
     ForeignKey,
     Index,
+    Integer,
     LargeBinary,
     String,
 )
@@ -62,17 +63,34 @@ class Customer(Base):
 
 
 class CustomerKey(Base):
-    """A customer's data key for one scope, wrapped by the master key. Deleting it erases."""
+    """A customer's data key for one scope, masked by their bucket's shred key and wrapped by the
+    master key (``app/vault.py``). Deleting it, and then the shred key version, erases."""
 
     __tablename__ = "customer_key"
-    # Rotation finds the data keys of a superseded master key, and counts them before retiring it.
-    __table_args__ = (Index("ix_customer_key_master_key_id", "master_key_id"),)
+    # Rotation finds the data keys of a superseded master key, and counts them before retiring it;
+    # erasure finds the other keys of a bucket, to move them to the bucket's next shred key.
+    __table_args__ = (
+        Index("ix_customer_key_master_key_id", "master_key_id"),
+        Index("ix_customer_key_shred_bucket", "shred_bucket"),
+    )
 
     customer_id: Mapped[str] = mapped_column(ForeignKey("customer.id"), primary_key=True)
     scope: Mapped[str] = mapped_column(String(16), primary_key=True)  # identity|profile
     wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
     master_key_id: Mapped[str] = mapped_column(String(16))
+    # ``app.shred_keys.bucket_of(customer_id)``; None: stored unmasked, before shred keys.
+    shred_bucket: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ShredBucket(Base):
+    """The current version of each bucket's shred key (the keys themselves are outside the
+    database). Creating a customer reads it under a share lock; erasure moves it on."""
+
+    __tablename__ = "shred_bucket"
+
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(Integer)
 
 
 class ConsentEvent(Base):

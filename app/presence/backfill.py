@@ -11,6 +11,7 @@ from app.keyring import master_ring_source
 from app.keys import load_keys
 from app.models import Customer, CustomerKey
 from app.presence.proofs import ProofKeys, new_salt
+from app.shred_keys import ShredKeys
 from app.vault import Vault
 
 
@@ -31,7 +32,8 @@ def backfill_document_hashes(connection: Connection) -> int:
         return 0
     settings = Settings()
     proof_keys = ProofKeys(load_keys(settings).index)
-    vault = Vault(master_ring_source(settings))
+    # Rows this old are unmasked: the shred key file is not needed (nor made) here.
+    vault = Vault(master_ring_source(settings), ShredKeys(settings.resolved_shred_keys_file))
     for customer_id, blob, wrapped in rows:
         assert blob is not None  # selected for it
         cipher = vault.open_customer(customer_id, identity=wrapped, profile=None).for_scope(

@@ -8,7 +8,8 @@
 - visit notes and repair symptoms past ``visit.notes``: cleared;
 - sent or failed messages past ``message``: deleted;
 - access events past ``access_event``: pruned only as the owner (``app/audit/pruning.py``);
-- paper forms due: listed (a person shreds paper).
+- paper forms due: listed (a person shreds paper);
+- shred keys an interrupted erasure left behind: destroyed (``app/shredding.py``).
 
 Every disposal is recorded (``dispose`` events: one per customer; one per batch of notes or
 messages, naming the customers concerned). Each customer is disposed of in a transaction of its
@@ -29,6 +30,7 @@ from typing import Protocol, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
+from app import shredding
 from app.audit.events import Action, Actor, EventDraft
 from app.db import create_sync_engine, is_sqlite
 from app.models import Customer
@@ -47,6 +49,7 @@ from app.retention.rules import (
 from app.retention.service import TOKYO, date_in_japan
 from app.rights import erasure
 from app.uow import UnitOfWork
+from app.vault import Vault
 
 BATCH = 500
 # pg_try_advisory_lock key: "shopvault purge" (any constant shared by every purge).
@@ -76,6 +79,8 @@ class PurgeOutcome:
     identity_records: list[str] = field(default_factory=list)
     visit_notes: int = 0
     messages: int = 0
+    # Old shred key versions an interrupted erasure had left (``app/shredding.py``).
+    shred_keys_destroyed: int = 0
 
 
 def prefilter(now: datetime, rule: RetentionRule) -> datetime:
@@ -140,10 +145,12 @@ async def _customer_due(uow: UnitOfWork, customer_id: str, now: datetime) -> boo
     return is_due(until, date_in_japan(now))
 
 
-async def _dispose_customer(uow: UnitOfWork, customer_id: str, actor: Actor, now: datetime) -> bool:
+async def _dispose_customer(
+    uow: UnitOfWork, vault: Vault, customer_id: str, actor: Actor, now: datetime
+) -> bool:
     if not await _customer_due(uow, customer_id, now):
         return False
-    erased = await erasure.erase(uow.session, customer_id, rule=CUSTOMER_RULE.key, now=now)
+    erased = await erasure.erase(uow, vault, customer_id, rule=CUSTOMER_RULE.key, now=now)
     uow.record(
         _dispose_event(
             actor,
@@ -156,7 +163,9 @@ async def _dispose_customer(uow: UnitOfWork, customer_id: str, actor: Actor, now
     return True
 
 
-async def _dispose_identity(uow: UnitOfWork, customer_id: str, actor: Actor, today: date) -> bool:
+async def _dispose_identity(
+    uow: UnitOfWork, vault: Vault, customer_id: str, actor: Actor, today: date
+) -> bool:
     row = (
         await uow.session.execute(
             select(Customer.state, Customer.identity_retain_until)
@@ -166,7 +175,7 @@ async def _dispose_identity(uow: UnitOfWork, customer_id: str, actor: Actor, tod
     ).one_or_none()
     if row is None or row[0] != "erased" or not is_due(row[1], today):
         return False
-    groups = await erasure.dispose_identity(uow.session, customer_id)
+    groups = await erasure.dispose_identity(uow, vault, customer_id)
     uow.record(
         _dispose_event(
             actor,
@@ -189,6 +198,7 @@ def _batches(items: Sequence[Result]) -> Iterator[Sequence[Result]]:
 
 async def purge(
     transact: Transact,
+    vault: Vault,
     actor: Actor,
     *,
     now: datetime,
@@ -210,7 +220,7 @@ async def purge(
         async def one(uow: UnitOfWork, cid: str = customer_id) -> bool:
             if dry_run:
                 return await _customer_due(uow, cid, now)
-            return await _dispose_customer(uow, cid, actor, now)
+            return await _dispose_customer(uow, vault, cid, actor, now)
 
         if await read(one):
             outcome.customers.append(customer_id)
@@ -223,7 +233,7 @@ async def purge(
     for done, customer_id in enumerate(identities, 1):
 
         async def record(uow: UnitOfWork, cid: str = customer_id) -> bool:
-            return await _dispose_identity(uow, cid, actor, today)
+            return await _dispose_identity(uow, vault, cid, actor, today)
 
         if dry_run or await read(record):
             outcome.identity_records.append(customer_id)
@@ -284,6 +294,13 @@ async def purge(
                 )
 
             await read(remove)
+
+    if not dry_run:
+
+        async def sweep(uow: UnitOfWork) -> int:
+            return await shredding.sweep(uow.session, vault)
+
+        outcome.shred_keys_destroyed = await read(sweep)
     return outcome
 
 

@@ -4,10 +4,12 @@
 A customer's data is sealed under two data keys (``app/vault.py``): ``identity`` for the
 identity-verification record that 携帯電話不正利用防止法 makes the shop keep until 3 years
 after the last contract ended, and ``profile`` for everything else. Erasure deletes the profile
-key (every ciphertext under it becomes unreadable, in the database and in any backup), the rows
-that hang off the customer, the proofs of presence and the blind-index values, and keeps the
-identity key only while the law requires the record — then that key goes too. The customer row
-stays as the tombstone: id, when, under which rule.
+key, the rows that hang off the customer, the proofs of presence and the blind-index values, and
+keeps the identity key only while the law requires the record — then that key goes too. The
+customer's bucket moves to its next shred key version and the old version is destroyed once the
+erasure has committed (``app/shredding.py``): every ciphertext under a deleted key is then
+unreadable, in the database and in any copy of it. The customer row stays as the tombstone: id,
+when, under which rule.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from app import shredding
 from app.policy import RETAINED_AFTER_ERASURE, FieldGroup
 from app.retention.rules import IDENTITY_RECORD_RULE, add_years
 from app.retention.service import date_in_japan
 from app.rights import repository
+from app.uow import UnitOfWork
+from app.vault import Vault
 
 ON_REQUEST = "subject_request"
 
@@ -47,21 +50,31 @@ def identity_kept_until(ends: list[tuple[str, date | None]], today: date) -> dat
     return until if until >= today else None
 
 
-async def erase(session: AsyncSession, customer_id: str, *, rule: str, now: datetime) -> Erased:
+async def erase(
+    uow: UnitOfWork, vault: Vault, customer_id: str, *, rule: str, now: datetime
+) -> Erased:
     """Erase the customer now, keeping the identity record only while the law requires it."""
+    session = uow.session
     today = date_in_japan(now)
     yesterday = today - timedelta(days=1)
     until = identity_kept_until(list(await repository.contract_ends(session, customer_id)), today)
+    versions = await shredding.advance(uow, vault, [customer_id])
     await repository.destroy_profile(session, customer_id, rule=rule, identity_until=until, now=now)
     await repository.forms_due_now(session, customer_id, yesterday)
     await repository.identity_forms_until(session, customer_id, until, yesterday)
+    erased = Erased(customer_id, until, frozenset(FieldGroup) - RETAINED_AFTER_ERASURE)
     if until is None:
         await repository.destroy_identity(session, customer_id)
-        return Erased(customer_id, None, frozenset(FieldGroup))
-    return Erased(customer_id, until, frozenset(FieldGroup) - RETAINED_AFTER_ERASURE)
+        erased = Erased(customer_id, None, frozenset(FieldGroup))
+    await shredding.remask(session, vault, versions)
+    return erased
 
 
-async def dispose_identity(session: AsyncSession, customer_id: str) -> frozenset[FieldGroup]:
+async def dispose_identity(
+    uow: UnitOfWork, vault: Vault, customer_id: str
+) -> frozenset[FieldGroup]:
     """The retained identity record of an erased customer, once its retention has ended."""
-    await repository.destroy_identity(session, customer_id)
+    versions = await shredding.advance(uow, vault, [customer_id])
+    await repository.destroy_identity(uow.session, customer_id)
+    await shredding.remask(uow.session, vault, versions)
     return RETAINED_AFTER_ERASURE

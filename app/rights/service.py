@@ -278,7 +278,9 @@ async def erase_customer(
         raise NotFound("No such customer.")
     now = now or utcnow()
     try:
-        erased = await erasure.erase(uow.session, opened.id, rule=erasure.ON_REQUEST, now=now)
+        erased = await erasure.erase(
+            uow, runtime.vault, opened.id, rule=erasure.ON_REQUEST, now=now
+        )
     except erasure.ContractStillActive:
         raise ContractActive() from None
     record_access(

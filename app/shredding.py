@@ -1,0 +1,99 @@
+"""Crypto-shredding in the database: which shred key version each bucket is at, and moving a
+bucket's keys to its next version when one of its customers is erased (``app/shred_keys.py``).
+
+Within the erasing transaction:
+
+1. ``advance`` moves each bucket concerned to its next version (``UPDATE … RETURNING``: the row
+   lock holds off new customers of the bucket, which read the version ``FOR SHARE``, and other
+   erasures of it) and makes sure the file holds a key for that version;
+2. the caller deletes the keys it erases;
+3. ``remask`` re-masks every key left in those buckets (other customers, and a kept identity
+   record) under the new version.
+
+Once the transaction has committed, the old versions are destroyed in the file (``after_commit``);
+if the process dies first, ``sweep`` (run by ``shopvault purge``) destroys them. No committed row
+names a version older than its bucket's current one, so destroying those loses nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.crypto import KeyScope
+from app.models import CustomerKey, ShredBucket
+from app.shred_keys import bucket_of
+from app.uow import UnitOfWork
+from app.vault import Vault
+
+
+async def current_version(session: AsyncSession, customer_id: str) -> int:
+    """The version a new customer's keys are masked with, read under a share lock (PostgreSQL)
+    so that no erasure of the bucket moves on before this transaction ends."""
+    return (
+        await session.execute(
+            select(ShredBucket.version)
+            .where(ShredBucket.bucket == bucket_of(customer_id))
+            .with_for_update(read=True)
+        )
+    ).scalar_one()
+
+
+async def advance(uow: UnitOfWork, vault: Vault, customer_ids: Iterable[str]) -> dict[int, int]:
+    """Move the buckets of ``customer_ids`` to their next shred key version; once committed, the
+    versions before are destroyed. Call before deleting any key of theirs."""
+    buckets = sorted({bucket_of(customer_id) for customer_id in customer_ids})
+    if not buckets:
+        return {}
+    moved = await uow.session.execute(
+        update(ShredBucket)
+        .where(ShredBucket.bucket.in_(buckets))
+        .values(version=ShredBucket.version + 1)
+        .returning(ShredBucket.bucket, ShredBucket.version)
+        .execution_options(synchronize_session=False)
+    )
+    versions = {bucket: version for bucket, version in moved.all()}
+    vault.shred_keys.ensure(versions)
+    uow.after_commit(lambda: vault.shred_keys.destroy_below(versions))
+    return versions
+
+
+async def remask(session: AsyncSession, vault: Vault, versions: dict[int, int]) -> int:
+    """Re-mask every key still in these buckets under their new version; how many."""
+    if not versions:
+        return 0
+    rows = (
+        await session.execute(
+            select(CustomerKey.customer_id, CustomerKey.scope, CustomerKey.wrapped_key)
+            .where(CustomerKey.shred_bucket.in_(list(versions)))
+            .order_by(CustomerKey.customer_id, CustomerKey.scope)
+            .with_for_update()
+        )
+    ).all()
+    changes = []
+    for customer_id, scope_name, stored in rows:
+        scope = KeyScope(scope_name)
+        data_key = vault.unwrap_customer_key(stored, customer_id, scope)
+        version = versions[bucket_of(customer_id)]
+        key_id, restored = vault.wrap_customer_key(data_key, customer_id, scope, version)
+        changes.append(
+            {
+                "customer_id": customer_id,
+                "scope": scope_name,
+                "wrapped_key": restored,
+                "master_key_id": key_id,
+            }
+        )
+    if changes:
+        await session.execute(update(CustomerKey), changes)
+    return len(changes)
+
+
+async def sweep(session: AsyncSession, vault: Vault) -> int:
+    """Destroy every shred key older than its bucket's current version (left by an erasure
+    whose process stopped between its commit and the destruction); how many."""
+    rows = await session.execute(select(ShredBucket.bucket, ShredBucket.version))
+    current = {bucket: version for bucket, version in rows.all()}
+    return vault.shred_keys.destroy_below(current)
