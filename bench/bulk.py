@@ -42,7 +42,6 @@ from app.crypto import FieldCipher, KeyScope
 from app.customers.catalogue import seal_contract_field
 from app.customers.schemas import ConsentsIn, CustomerCreate, IdentityDocumentIn
 from app.customers.service import add_customer
-from app.shred_keys import FIRST_VERSION
 from app.db import create_sync_engine, is_sqlite
 from app.keys import load_keys
 from app.messages.catalog import CATALOG
@@ -62,6 +61,7 @@ from app.models.base import new_id
 from app.policy import Purpose, Role, rule_for
 from app.presence.proofs import weak_pin_reason
 from app.runtime import Runtime
+from app.shred_keys import FIRST_VERSION
 from app.validation.documents import DocumentType
 from app.visits.rules import VisitType, auto_close_at
 
