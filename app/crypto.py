@@ -25,7 +25,7 @@ FORMAT_VERSION = 1
 
 _VERSION_PREFIX = bytes([FORMAT_VERSION])
 _HEADER_BYTES = 1 + NONCE_BYTES
-_WRAPPED_BYTES = _HEADER_BYTES + DATA_KEY_BYTES + TAG_BYTES
+WRAPPED_KEY_BYTES = _HEADER_BYTES + DATA_KEY_BYTES + TAG_BYTES
 _MAX_AAD_PART = 0xFFFF
 
 
@@ -88,7 +88,7 @@ class MasterKey:
         return _seal(self._aead, data_key, _aad(b"key", customer_id, scope.value))
 
     def unwrap(self, wrapped: bytes, *, customer_id: str, scope: KeyScope) -> bytes:
-        if len(wrapped) != _WRAPPED_BYTES:
+        if len(wrapped) != WRAPPED_KEY_BYTES:
             raise DecryptionError("The wrapped key is malformed.")
         return _open(self._aead, wrapped, _aad(b"key", customer_id, scope.value))
 

@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from app.crypto import DATA_KEY_BYTES, KeyScope
+from app.crypto import DATA_KEY_BYTES, WRAPPED_KEY_BYTES, KeyScope
 from app.keyfiles import (
     KEY_BYTES,
     KeyError_,
@@ -78,7 +78,8 @@ def with_version(wrapped: bytes, version: int) -> bytes:
 def split_stored(stored: bytes) -> tuple[bytes, int | None]:
     """(the master key's wrap, the shred key version or None if unmasked) of a stored key."""
     stored = bytes(stored)
-    if len(stored) > _TRAILER_BYTES and stored[-_TRAILER_BYTES:-4] == _MARKER:
+    # By length: an unmasked key is a bare wrap, whose last bytes may be anything.
+    if len(stored) == WRAPPED_KEY_BYTES + _TRAILER_BYTES and stored[-_TRAILER_BYTES:-4] == _MARKER:
         return stored[:-_TRAILER_BYTES], int.from_bytes(stored[-4:], "big")
     return stored, None
 
