@@ -21,6 +21,7 @@ from app.audit.pruning import PruneRefused, prune_events
 from app.config import Settings
 from app.keys import load_keys
 from app.models import AccessEvent, Contract, Customer, CustomerKey, Message, Visit
+from app.retention import purge as purge_module
 from app.retention.purge import cutoff, first_kept_day, purge_lock
 from app.retention.rules import add_years, is_due
 from app.retention.service import TOKYO, today_in_japan
@@ -95,6 +96,8 @@ def test_purge_disposes_exactly_what_the_rules_say(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    # Several customers per transaction, and several transactions: a batch's edges count too.
+    monkeypatch.setattr(purge_module, "CUSTOMER_BATCH", 3)
     sales, manager = as_member(cast.SALES), as_member(cast.MANAGER)
     today = today_in_japan()
     three_years = add_years(today, -3)

@@ -12,8 +12,8 @@
 - shred keys an interrupted erasure left behind: destroyed (``app/shredding.py``).
 
 Every disposal is recorded (``dispose`` events: one per customer; one per batch of notes or
-messages, naming the customers concerned). Each customer is disposed of in a transaction of its
-own, after checking the rule again under a row lock: running twice, or on two machines at once,
+messages, naming the customers concerned). Customers are disposed of in batches, a transaction
+each, after checking the rule again under row locks: running twice, or on two machines at once,
 disposes of nothing twice (and on PostgreSQL an advisory lock lets one purge run at a time).
 """
 
@@ -33,7 +33,6 @@ from sqlalchemy.engine import make_url
 from app import shredding
 from app.audit.events import Action, Actor, EventDraft
 from app.db import create_sync_engine, is_sqlite
-from app.models import Customer
 from app.retention import repository
 from app.retention.rules import (
     CUSTOMER_RULE,
@@ -52,6 +51,9 @@ from app.uow import UnitOfWork
 from app.vault import Vault
 
 BATCH = 500
+# Customers disposed of per transaction: their rows and their shred key buckets stay locked
+# until it commits, holding off registrations in those buckets for that long.
+CUSTOMER_BATCH = 200
 # pg_try_advisory_lock key: "shopvault purge" (any constant shared by every purge).
 ADVISORY_LOCK_KEY = 0x73765F7075726765
 
@@ -127,73 +129,78 @@ def _dispose_event(
     )
 
 
-async def _customer_due(uow: UnitOfWork, customer_id: str, now: datetime) -> bool:
-    """The customer rule, exactly, with the customer's row locked."""
-    activity = await repository.customer_activity(uow.session, customer_id)
-    if activity is None or activity[0] == "erased":
-        return False
-    if await repository.has_open_visit(uow.session, customer_id, now):
-        return False
-    active, last_end = await repository.contract_summary(uow.session, customer_id)
-    facts = CustomerFacts(
-        active_contract=active > 0,
-        last_contract_end=last_end,
-        consent_granted=False,
-        last_consent_end=None,
-    )
-    until = retain_until(CUSTOMER_RULE, made_on=date_in_japan(activity[1]), facts=facts)
-    return is_due(until, date_in_japan(now))
-
-
-async def _dispose_customer(
-    uow: UnitOfWork, vault: Vault, customer_id: str, actor: Actor, now: datetime
-) -> bool:
-    if not await _customer_due(uow, customer_id, now):
-        return False
-    erased = await erasure.erase(uow, vault, customer_id, rule=CUSTOMER_RULE.key, now=now)
-    uow.record(
-        _dispose_event(
-            actor,
-            CUSTOMER_RULE,
-            f"customers/{customer_id}",
-            customer_ids=(customer_id,),
-            fields=tuple(sorted(erased.groups)),
+async def _customers_due(uow: UnitOfWork, customer_ids: Sequence[str], now: datetime) -> list[str]:
+    """The customers the customer rule disposes of, exactly, with their rows locked."""
+    facts = await repository.disposal_facts(uow.session, customer_ids, now)
+    today = date_in_japan(now)
+    due = []
+    for customer_id in customer_ids:
+        found = facts.get(customer_id)
+        if found is None or found.state == "erased" or found.open_visit:
+            continue
+        rule_facts = CustomerFacts(
+            active_contract=found.active_contracts > 0,
+            last_contract_end=found.last_contract_end,
+            consent_granted=False,
+            last_consent_end=None,
         )
-    )
-    return True
+        made_on = date_in_japan(found.last_activity)
+        if is_due(retain_until(CUSTOMER_RULE, made_on=made_on, facts=rule_facts), today):
+            due.append(customer_id)
+    return due
 
 
-async def _dispose_identity(
-    uow: UnitOfWork, vault: Vault, customer_id: str, actor: Actor, today: date
-) -> bool:
-    row = (
-        await uow.session.execute(
-            select(Customer.state, Customer.identity_retain_until)
-            .where(Customer.id == customer_id)
-            .with_for_update()
+async def _dispose_customers(
+    uow: UnitOfWork, vault: Vault, customer_ids: Sequence[str], actor: Actor, now: datetime
+) -> list[str]:
+    due = await _customers_due(uow, customer_ids, now)
+    erased = await erasure.erase_many(uow, vault, due, rule=CUSTOMER_RULE.key, now=now)
+    for one in erased:
+        uow.record(
+            _dispose_event(
+                actor,
+                CUSTOMER_RULE,
+                f"customers/{one.customer_id}",
+                customer_ids=(one.customer_id,),
+                fields=tuple(sorted(one.groups)),
+            )
         )
-    ).one_or_none()
-    if row is None or row[0] != "erased" or not is_due(row[1], today):
-        return False
-    groups = await erasure.dispose_identity(uow, vault, customer_id)
-    uow.record(
-        _dispose_event(
-            actor,
-            IDENTITY_RECORD_RULE,
-            f"customers/{customer_id}",
-            customer_ids=(customer_id,),
-            fields=tuple(sorted(groups)),
+    return due
+
+
+async def _dispose_identities(
+    uow: UnitOfWork,
+    vault: Vault,
+    customer_ids: Sequence[str],
+    actor: Actor,
+    today: date,
+    *,
+    dry_run: bool,
+) -> list[str]:
+    rows = await repository.lock_identity_records(uow.session, customer_ids)
+    due = [cid for cid, state, until in rows if state == "erased" and is_due(until, today)]
+    if dry_run or not due:
+        return due
+    groups = await erasure.dispose_identities(uow, vault, due)
+    for customer_id in due:
+        uow.record(
+            _dispose_event(
+                actor,
+                IDENTITY_RECORD_RULE,
+                f"customers/{customer_id}",
+                customer_ids=(customer_id,),
+                fields=tuple(sorted(groups)),
+            )
         )
-    )
-    return True
+    return due
 
 
 # --- rows of a rule -----------------------------------------------------------------------------
 
 
-def _batches(items: Sequence[Result]) -> Iterator[Sequence[Result]]:
-    for start in range(0, len(items), BATCH):
-        yield items[start : start + BATCH]
+def _batches(items: Sequence[Result], size: int = BATCH) -> Iterator[Sequence[Result]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 async def purge(
@@ -215,28 +222,30 @@ async def purge(
         return await repository.customers_past(uow.session, prefilter(now, CUSTOMER_RULE), now)
 
     candidates = await read(customers)
-    for done, customer_id in enumerate(candidates, 1):
+    done = 0
+    for chunk in _batches(candidates, CUSTOMER_BATCH):
 
-        async def one(uow: UnitOfWork, cid: str = customer_id) -> bool:
+        async def some(uow: UnitOfWork, ids: Sequence[str] = chunk) -> list[str]:
             if dry_run:
-                return await _customer_due(uow, cid, now)
-            return await _dispose_customer(uow, vault, cid, actor, now)
+                return await _customers_due(uow, ids, now)
+            return await _dispose_customers(uow, vault, ids, actor, now)
 
-        if await read(one):
-            outcome.customers.append(customer_id)
+        outcome.customers += await read(some)
+        done += len(chunk)
         progress("customers", done, len(candidates))
 
     async def records(uow: UnitOfWork) -> list[str]:
         return await repository.identity_records_past(uow.session, today)
 
     identities = await read(records)
-    for done, customer_id in enumerate(identities, 1):
+    done = 0
+    for chunk in _batches(identities, CUSTOMER_BATCH):
 
-        async def record(uow: UnitOfWork, cid: str = customer_id) -> bool:
-            return await _dispose_identity(uow, vault, cid, actor, today)
+        async def kept(uow: UnitOfWork, ids: Sequence[str] = chunk) -> list[str]:
+            return await _dispose_identities(uow, vault, ids, actor, today, dry_run=dry_run)
 
-        if dry_run or await read(record):
-            outcome.identity_records.append(customer_id)
+        outcome.identity_records += await read(kept)
+        done += len(chunk)
         progress("identity records", done, len(identities))
 
     async def notes(uow: UnitOfWork) -> Sequence[tuple[str, str | None, datetime]]:

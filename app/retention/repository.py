@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 
 from sqlalchemy import ColumnElement, delete, func, or_, select, update
@@ -97,33 +98,81 @@ async def customers_past(session: AsyncSession, before: datetime, now: datetime)
     return list((await session.execute(statement)).scalars())
 
 
-async def customer_activity(session: AsyncSession, customer_id: str) -> tuple[str, datetime] | None:
-    """The customer's state (row locked) and their last activity: registration or last visit."""
-    row = (
+@dataclass(frozen=True, slots=True)
+class DisposalFacts:
+    """What the customer rule looks at, for one customer."""
+
+    state: str
+    last_activity: datetime  # registration or last visit
+    open_visit: bool
+    active_contracts: int
+    last_contract_end: date | None
+
+
+async def disposal_facts(
+    session: AsyncSession, customer_ids: Sequence[str], now: datetime
+) -> dict[str, DisposalFacts]:
+    """Each customer's facts, their rows locked (in id order) for the disposal that follows."""
+    ids = sorted(customer_ids)
+    rows = (
         await session.execute(
-            select(Customer.state, Customer.created_at)
-            .where(Customer.id == customer_id)
+            select(Customer.id, Customer.state, Customer.created_at)
+            .where(Customer.id.in_(ids))
+            .order_by(Customer.id)
             .with_for_update()
         )
-    ).one_or_none()
-    if row is None:
-        return None
-    last_visit = (
-        await session.execute(
-            select(func.max(Visit.opened_at)).where(Visit.customer_id == customer_id)
-        )
-    ).scalar_one_or_none()
-    state, created = row
-    return state, max(created, last_visit) if last_visit else created
-
-
-async def has_open_visit(session: AsyncSession, customer_id: str, now: datetime) -> bool:
-    statement = select(Visit.id).where(
-        Visit.customer_id == customer_id,
-        Visit.closed_at.is_(None),
-        or_(Visit.auto_close_at.is_(None), Visit.auto_close_at > now),
+    ).all()
+    last_visits = await session.execute(
+        select(Visit.customer_id, func.max(Visit.opened_at))
+        .where(Visit.customer_id.in_(ids))
+        .group_by(Visit.customer_id)
     )
-    return (await session.execute(statement.limit(1))).first() is not None
+    last_visit: dict[str | None, datetime] = {cid: at for cid, at in last_visits.all()}
+    open_visits = await session.execute(
+        select(Visit.customer_id)
+        .where(
+            Visit.customer_id.in_(ids),
+            Visit.closed_at.is_(None),
+            or_(Visit.auto_close_at.is_(None), Visit.auto_close_at > now),
+        )
+        .distinct()
+    )
+    open_visit = set(open_visits.scalars())
+    summaries = await session.execute(
+        select(
+            Contract.customer_id,
+            func.count().filter(Contract.status == "active"),
+            func.max(Contract.ended_on),
+        )
+        .where(Contract.customer_id.in_(ids))
+        .group_by(Contract.customer_id)
+    )
+    contracts = {cid: (int(active or 0), end) for cid, active, end in summaries.all()}
+    facts = {}
+    for customer_id, state, created in rows:
+        visited = last_visit.get(customer_id)
+        active, last_end = contracts.get(customer_id, (0, None))
+        facts[customer_id] = DisposalFacts(
+            state=state,
+            last_activity=max(created, visited) if visited else created,
+            open_visit=customer_id in open_visit,
+            active_contracts=active,
+            last_contract_end=last_end,
+        )
+    return facts
+
+
+async def lock_identity_records(
+    session: AsyncSession, customer_ids: Sequence[str]
+) -> list[tuple[str, str, date | None]]:
+    """(id, state, kept until) of each customer, rows locked in id order."""
+    rows = await session.execute(
+        select(Customer.id, Customer.state, Customer.identity_retain_until)
+        .where(Customer.id.in_(sorted(customer_ids)))
+        .order_by(Customer.id)
+        .with_for_update()
+    )
+    return [(cid, state, until) for cid, state, until in rows.all()]
 
 
 async def identity_records_past(session: AsyncSession, today: date) -> list[str]:

@@ -3,7 +3,7 @@ export, their state, and the rows and keys erasure removes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 
 from sqlalchemy import delete, select, update
@@ -70,73 +70,86 @@ async def set_state(session: AsyncSession, customer_id: str, state: str) -> None
 
 
 async def contract_ends(
-    session: AsyncSession, customer_id: str
-) -> Sequence[tuple[str, date | None]]:
-    statement = select(Contract.status, Contract.ended_on).where(
-        Contract.customer_id == customer_id
+    session: AsyncSession, customer_ids: Sequence[str]
+) -> dict[str, list[tuple[str, date | None]]]:
+    """Each customer's contracts: (status, the day it ended)."""
+    statement = select(Contract.customer_id, Contract.status, Contract.ended_on).where(
+        Contract.customer_id.in_(customer_ids)
     )
-    return [(status, ended) for status, ended in (await session.execute(statement)).all()]
+    ends: dict[str, list[tuple[str, date | None]]] = {cid: [] for cid in customer_ids}
+    for customer_id, status, ended in (await session.execute(statement)).all():
+        ends[customer_id].append((status, ended))
+    return ends
+
+
+def _by_value(values: Mapping[str, date | None]) -> dict[date | None, list[str]]:
+    grouped: dict[date | None, list[str]] = {}
+    for customer_id, value in values.items():
+        grouped.setdefault(value, []).append(customer_id)
+    return grouped
 
 
 async def destroy_profile(
     session: AsyncSession,
-    customer_id: str,
+    identity_until: Mapping[str, date | None],
     *,
     rule: str,
-    identity_until: date | None,
     now: datetime,
 ) -> None:
-    """Everything but the identity-verification record: the profile key (its ciphertexts,
-    messages included, are unreadable from now on, in every copy), the rows that hang off the
-    customer, the proofs of presence, the blind-index values, visit notes and symptoms."""
+    """For each customer (kept until the date given, or not at all): everything but the
+    identity-verification record — the profile key (its ciphertexts, messages included, are
+    unreadable from now on, in every copy), the rows that hang off the customer, the proofs of
+    presence, the blind-index values, visit notes and symptoms."""
+    ids = list(identity_until)
     await session.execute(
-        delete(CustomerKey).where(
-            CustomerKey.customer_id == customer_id, CustomerKey.scope == "profile"
-        )
+        delete(CustomerKey).where(CustomerKey.customer_id.in_(ids), CustomerKey.scope == "profile")
     )
-    await session.execute(delete(PresenceCode).where(PresenceCode.customer_id == customer_id))
-    await session.execute(delete(Message).where(Message.customer_id == customer_id))
-    await session.execute(delete(ConsentEvent).where(ConsentEvent.customer_id == customer_id))
-    await session.execute(delete(Contract).where(Contract.customer_id == customer_id))
+    await session.execute(delete(PresenceCode).where(PresenceCode.customer_id.in_(ids)))
+    await session.execute(delete(Message).where(Message.customer_id.in_(ids)))
+    await session.execute(delete(ConsentEvent).where(ConsentEvent.customer_id.in_(ids)))
+    await session.execute(delete(Contract).where(Contract.customer_id.in_(ids)))
     await session.execute(
         update(Visit)
-        .where(Visit.customer_id == customer_id)
+        .where(Visit.customer_id.in_(ids))
         .values(notes_enc=None, repair_symptom_enc=None)
     )
-    await session.execute(
-        update(Customer)
-        .where(Customer.id == customer_id)
-        .values(
-            state="erased",
-            erased_at=now,
-            erasure_rule=rule,
-            identity_retain_until=identity_until,
-            # Emptied, not kept: the columns cannot be null, and nothing reads an erased value.
-            phone_enc=b"",
-            email_enc=None,
-            phone_bidx="",
-            email_bidx=None,
-            kana_birth_bidx="",
-            proof_salt=None,
-            pin_hash=None,
-            document_hash=None,
-            marketing_email=False,
-            marketing_sms=False,
+    for until, group in _by_value(identity_until).items():
+        await session.execute(
+            update(Customer)
+            .where(Customer.id.in_(group))
+            .values(
+                state="erased",
+                erased_at=now,
+                erasure_rule=rule,
+                identity_retain_until=until,
+                # Emptied, not kept: the columns cannot be null, and nothing reads an erased value.
+                phone_enc=b"",
+                email_enc=None,
+                phone_bidx="",
+                email_bidx=None,
+                kana_birth_bidx="",
+                proof_salt=None,
+                pin_hash=None,
+                document_hash=None,
+                marketing_email=False,
+                marketing_sms=False,
+            )
         )
-    )
 
 
-async def destroy_identity(session: AsyncSession, customer_id: str) -> None:
-    """The identity-verification record, once the law no longer requires it: its key and its
-    values. What remains is the tombstone (id, when, rule)."""
+async def destroy_identity(session: AsyncSession, customer_ids: Sequence[str]) -> None:
+    """The identity-verification records, once the law no longer requires them: their keys and
+    their values. What remains is the tombstone (id, when, rule)."""
+    if not customer_ids:
+        return
     await session.execute(
         delete(CustomerKey).where(
-            CustomerKey.customer_id == customer_id, CustomerKey.scope == "identity"
+            CustomerKey.customer_id.in_(customer_ids), CustomerKey.scope == "identity"
         )
     )
     await session.execute(
         update(Customer)
-        .where(Customer.id == customer_id)
+        .where(Customer.id.in_(customer_ids))
         .values(
             name_enc=b"",
             name_kana_enc=b"",
@@ -149,12 +162,14 @@ async def destroy_identity(session: AsyncSession, customer_id: str) -> None:
     )
 
 
-async def forms_due_now(session: AsyncSession, customer_id: str, yesterday: date) -> None:
+async def forms_due_now(
+    session: AsyncSession, customer_ids: Sequence[str], yesterday: date
+) -> None:
     """Forms that do not carry the identity-verification record: due for disposal from today."""
     await session.execute(
         update(PaperForm)
         .where(
-            PaperForm.customer_id == customer_id,
+            PaperForm.customer_id.in_(customer_ids),
             PaperForm.disposed_at.is_(None),
             PaperForm.form_type.not_in(IDENTITY_FORMS),
         )
@@ -163,15 +178,16 @@ async def forms_due_now(session: AsyncSession, customer_id: str, yesterday: date
 
 
 async def identity_forms_until(
-    session: AsyncSession, customer_id: str, until: date | None, yesterday: date
+    session: AsyncSession, identity_until: Mapping[str, date | None], yesterday: date
 ) -> None:
-    """The identity forms follow the record: kept until ``until`` (due from today if None)."""
-    await session.execute(
-        update(PaperForm)
-        .where(
-            PaperForm.customer_id == customer_id,
-            PaperForm.disposed_at.is_(None),
-            PaperForm.form_type.in_(IDENTITY_FORMS),
+    """The identity forms follow the record: kept until its date (due from today if None)."""
+    for until, group in _by_value(identity_until).items():
+        await session.execute(
+            update(PaperForm)
+            .where(
+                PaperForm.customer_id.in_(group),
+                PaperForm.disposed_at.is_(None),
+                PaperForm.form_type.in_(IDENTITY_FORMS),
+            )
+            .values(retain_until=until or yesterday)
         )
-        .values(retain_until=until or yesterday)
-    )
