@@ -3,8 +3,10 @@
 Every personal value is sealed with AES-256-GCM under its customer's data key, with a fresh
 96-bit nonce and associated data naming the table, column and row it belongs to, so a
 ciphertext copied into another row or column does not decrypt. Data keys are themselves sealed
-("wrapped") by the master key, bound to their customer and key scope; destroying a wrapped key
-makes that customer's data in that scope unreadable for good.
+("wrapped") by the master key, bound to their customer and key scope. A customer's data key is
+masked by a shred key kept outside the database before it is wrapped (``app/shred_keys.py``):
+destroying the wrapped key and then that shred key makes that customer's data in that scope
+unreadable for good, in every copy of the database.
 
 Blob layout (both kinds): one format-version byte, the 12-byte nonce, then ciphertext + tag.
 """
