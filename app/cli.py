@@ -638,6 +638,11 @@ def purge_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"    customer {customer_id}")
     print(f"  visit notes {verb} cleared (visit.notes): {outcome.visit_notes}")
     print(f"  messages {verb} deleted (message): {outcome.messages}")
+    if outcome.shred_buckets_advanced:
+        print(
+            f"  shred key buckets moved to a new key (erased keys now open nothing in older "
+            f"copies): {outcome.shred_buckets_advanced}"
+        )
     if outcome.shred_keys_destroyed:
         print(
             f"  old shred keys destroyed (left by an interrupted erasure): "

@@ -13,6 +13,11 @@ Within the erasing transaction:
 Once the transaction has committed, the old versions are destroyed in the file (``after_commit``);
 if the process dies first, ``sweep`` (run by ``shopvault purge``) destroys them. No committed row
 names a version older than its bucket's current one, so destroying those loses nothing.
+
+``shopvault purge`` erases thousands of customers, many to a bucket: moving a bucket on for each
+batch would re-mask its other keys again and again. Its batches only mark their buckets
+``pending`` (in the erasing transaction, so a crash forgets nothing); ``advance_pending`` then
+moves each marked bucket on once, at the end of the run (or of the next one).
 """
 
 from __future__ import annotations
@@ -47,10 +52,14 @@ async def advance(uow: UnitOfWork, vault: Vault, customer_ids: Iterable[str]) ->
     buckets = sorted({bucket_of(customer_id) for customer_id in customer_ids})
     if not buckets:
         return {}
+    return await _advance(uow, vault, buckets)
+
+
+async def _advance(uow: UnitOfWork, vault: Vault, buckets: list[int]) -> dict[int, int]:
     moved = await uow.session.execute(
         update(ShredBucket)
         .where(ShredBucket.bucket.in_(buckets))
-        .values(version=ShredBucket.version + 1)
+        .values(version=ShredBucket.version + 1, pending=False)
         .returning(ShredBucket.bucket, ShredBucket.version)
         .execution_options(synchronize_session=False)
     )
@@ -58,6 +67,38 @@ async def advance(uow: UnitOfWork, vault: Vault, customer_ids: Iterable[str]) ->
     vault.shred_keys.ensure(versions)
     uow.after_commit(lambda: vault.shred_keys.destroy_below(versions))
     return versions
+
+
+async def mark_pending(session: AsyncSession, customer_ids: Iterable[str]) -> None:
+    """Leave the buckets of ``customer_ids`` to move on later (``advance_pending``): the keys
+    erased now stay readable in older copies of the database until then."""
+    buckets = sorted({bucket_of(customer_id) for customer_id in customer_ids})
+    if buckets:
+        await session.execute(
+            update(ShredBucket)
+            .where(ShredBucket.bucket.in_(buckets))
+            .values(pending=True)
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def advance_pending(uow: UnitOfWork, vault: Vault, limit: int) -> int:
+    """Move up to ``limit`` buckets marked pending to their next version, re-masking the keys
+    left in them (no commit); how many buckets."""
+    buckets = list(
+        (
+            await uow.session.execute(
+                select(ShredBucket.bucket)
+                .where(ShredBucket.pending.is_(True))
+                .order_by(ShredBucket.bucket)
+                .limit(limit)
+                .with_for_update()
+            )
+        ).scalars()
+    )
+    if buckets:
+        await remask(uow.session, vault, await _advance(uow, vault, buckets))
+    return len(buckets)
 
 
 async def remask(session: AsyncSession, vault: Vault, versions: dict[int, int]) -> int:

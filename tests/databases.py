@@ -140,7 +140,9 @@ class PostgresCopies:
                 for table in reversed(Base.metadata.sorted_tables):
                     if table.name == ShredBucket.__tablename__:
                         # Its rows come from the migration: every bucket back at its first version.
-                        connection.execute(update(ShredBucket).values(version=FIRST_VERSION))
+                        connection.execute(
+                            update(ShredBucket).values(version=FIRST_VERSION, pending=False)
+                        )
                     else:
                         connection.execute(table.delete())
                 cast.seed_into(connection)

@@ -19,12 +19,24 @@ from app.audit.chain import AuditKeys
 from app.audit.integrity import AuditIntegrity
 from app.audit.pruning import PruneRefused, prune_events
 from app.config import Settings
+from app.crypto import FieldCipher, KeyScope
+from app.keyring import master_ring_source
 from app.keys import load_keys
-from app.models import AccessEvent, Contract, Customer, CustomerKey, Message, Visit
+from app.models import (
+    AccessEvent,
+    Contract,
+    Customer,
+    CustomerKey,
+    Message,
+    ShredBucket,
+    Visit,
+)
 from app.retention import purge as purge_module
 from app.retention.purge import cutoff, first_kept_day, purge_lock
 from app.retention.rules import add_years, is_due
 from app.retention.service import TOKYO, today_in_japan
+from app.shred_keys import FIRST_VERSION, ShredKeys, bucket_of
+from app.vault import Vault
 from tests import cast
 from tests.audit_helpers import (
     checkpoint_lines,
@@ -189,6 +201,26 @@ def test_purge_disposes_exactly_what_the_rules_say(
         assert _state(db, people[name].id) == ("active", ["identity", "profile"])
     assert _state(db, kept["over"].id) == ("erased", [])
     assert _state(db, kept["today"].id) == ("erased", ["identity"])
+    # The buckets of the run's erasures moved on once at its end: nothing is left pending, the
+    # file holds only their current versions, and a key kept in one of them still opens.
+    assert "shred key buckets moved to a new key" in out
+    in_file = ShredKeys(settings.resolved_shred_keys_file).versions()
+    disposed = (people["ended_long_ago"].id, people["never_contracted"].id, kept["over"].id)
+    with Session(db) as session:
+        assert not session.scalars(select(ShredBucket).where(ShredBucket.pending)).all()
+        for customer_id in disposed:
+            bucket = session.get(ShredBucket, bucket_of(customer_id))
+            assert bucket is not None and bucket.version > FIRST_VERSION
+            assert in_file[bucket.bucket] == [bucket.version]
+        kept_row = session.get(Customer, kept["today"].id)
+        kept_key = session.get(CustomerKey, (kept["today"].id, "identity"))
+    assert kept_row is not None and kept_key is not None
+    vault = Vault(master_ring_source(settings), ShredKeys(settings.resolved_shred_keys_file))
+    identity = vault.unwrap_customer_key(kept_key.wrapped_key, kept_row.id, KeyScope.IDENTITY)
+    name = FieldCipher(identity).decrypt(
+        kept_row.name_enc, table="customer", column="name", row_id=kept_row.id
+    )
+    assert name == kept["today"].body["name"]
     with Session(db) as session:
         erased = session.get(Customer, people["ended_long_ago"].id)
         assert erased is not None

@@ -238,3 +238,33 @@ def test_keys_rotate_masks_data_keys_stored_before_shred_keys(
     with TestClient(create_app(settings)) as client:
         sales = login(client, cast.SALES)
         assert [_read(client, sales, c) for c in customers] == [200] * 3
+
+
+def test_buckets_a_purge_left_pending_move_on_at_the_next_purge(
+    make_settings: SettingsFactory,
+    db: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A purge that stopped after erasing a batch leaves its buckets marked pending (in the
+    erasing transaction); the next run moves them on, and their other keys still open."""
+    settings = make_settings()
+    with TestClient(create_app(settings)) as client:
+        sales = login(client, cast.SALES)
+        neighbour = register_customer(client, sales, seed=540)
+        bucket = bucket_of(neighbour.id)
+        with db.begin() as connection:
+            connection.execute(
+                text("UPDATE shred_bucket SET pending = true WHERE bucket = :b"), {"b": bucket}
+            )
+        code, out, err = run_cli(settings, monkeypatch, capsys, "purge")
+        assert code == 0, err
+        assert "shred key buckets moved to a new key" in out and "older copies): 1" in out
+        assert _bucket_version(db, bucket) == FIRST_VERSION + 1
+        assert ShredKeys(settings.resolved_shred_keys_file).versions()[bucket] == [
+            FIRST_VERSION + 1
+        ]
+        assert _read(client, sales, neighbour) == 200
+    with Session(db) as session:
+        pending = session.scalars(select(ShredBucket).where(ShredBucket.pending)).all()
+    assert not pending

@@ -85,12 +85,14 @@ class CustomerKey(Base):
 
 class ShredBucket(Base):
     """The current version of each bucket's shred key (the keys themselves are outside the
-    database). Creating a customer reads it under a share lock; erasure moves it on."""
+    database). Creating a customer reads it under a share lock; erasure moves it on — at once,
+    or (``purge``) once per run for every bucket it marked ``pending``."""
 
     __tablename__ = "shred_bucket"
 
     bucket: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     version: Mapped[int] = mapped_column(Integer)
+    pending: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class ConsentEvent(Base):

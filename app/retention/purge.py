@@ -9,7 +9,9 @@
 - sent or failed messages past ``message``: deleted;
 - access events past ``access_event``: pruned only as the owner (``app/audit/pruning.py``);
 - paper forms due: listed (a person shreds paper);
-- shred keys an interrupted erasure left behind: destroyed (``app/shredding.py``).
+- then each shred key bucket of the run's erasures moves on once, and the old versions are
+  destroyed, with those an interrupted erasure left behind (``app/shredding.py``): from then on
+  the erased keys open nothing in older copies of the database either.
 
 Every disposal is recorded (``dispose`` events: one per customer; one per batch of notes or
 messages, naming the customers concerned). Customers are disposed of in batches, a transaction
@@ -54,6 +56,8 @@ BATCH = 500
 # Customers disposed of per transaction: their rows and their shred key buckets stay locked
 # until it commits, holding off registrations in those buckets for that long.
 CUSTOMER_BATCH = 200
+# Shred key buckets moved on per transaction at the end of a run (their other keys re-masked).
+SHRED_BUCKET_BATCH = 128
 # pg_try_advisory_lock key: "shopvault purge" (any constant shared by every purge).
 ADVISORY_LOCK_KEY = 0x73765F7075726765
 
@@ -81,7 +85,9 @@ class PurgeOutcome:
     identity_records: list[str] = field(default_factory=list)
     visit_notes: int = 0
     messages: int = 0
-    # Old shred key versions an interrupted erasure had left (``app/shredding.py``).
+    # Shred key buckets moved on once for the run's erasures (``app/shredding.py``).
+    shred_buckets_advanced: int = 0
+    # Old shred key versions an interrupted erasure had left.
     shred_keys_destroyed: int = 0
 
 
@@ -154,7 +160,9 @@ async def _dispose_customers(
     uow: UnitOfWork, vault: Vault, customer_ids: Sequence[str], actor: Actor, now: datetime
 ) -> list[str]:
     due = await _customers_due(uow, customer_ids, now)
-    erased = await erasure.erase_many(uow, vault, due, rule=CUSTOMER_RULE.key, now=now)
+    erased = await erasure.erase_many(
+        uow, vault, due, rule=CUSTOMER_RULE.key, now=now, shred_later=True
+    )
     for one in erased:
         uow.record(
             _dispose_event(
@@ -170,7 +178,6 @@ async def _dispose_customers(
 
 async def _dispose_identities(
     uow: UnitOfWork,
-    vault: Vault,
     customer_ids: Sequence[str],
     actor: Actor,
     today: date,
@@ -181,7 +188,7 @@ async def _dispose_identities(
     due = [cid for cid, state, until in rows if state == "erased" and is_due(until, today)]
     if dry_run or not due:
         return due
-    groups = await erasure.dispose_identities(uow, vault, due)
+    groups = await erasure.dispose_identities(uow, due)
     for customer_id in due:
         uow.record(
             _dispose_event(
@@ -242,7 +249,7 @@ async def purge(
     for chunk in _batches(identities, CUSTOMER_BATCH):
 
         async def kept(uow: UnitOfWork, ids: Sequence[str] = chunk) -> list[str]:
-            return await _dispose_identities(uow, vault, ids, actor, today, dry_run=dry_run)
+            return await _dispose_identities(uow, ids, actor, today, dry_run=dry_run)
 
         outcome.identity_records += await read(kept)
         done += len(chunk)
@@ -305,6 +312,12 @@ async def purge(
             await read(remove)
 
     if not dry_run:
+
+        async def advance(uow: UnitOfWork) -> int:
+            return await shredding.advance_pending(uow, vault, SHRED_BUCKET_BATCH)
+
+        while moved := await read(advance):
+            outcome.shred_buckets_advanced += moved
 
         async def sweep(uow: UnitOfWork) -> int:
             return await shredding.sweep(uow.session, vault)

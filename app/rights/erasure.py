@@ -60,10 +60,17 @@ async def erase(
 
 
 async def erase_many(
-    uow: UnitOfWork, vault: Vault, customer_ids: Sequence[str], *, rule: str, now: datetime
+    uow: UnitOfWork,
+    vault: Vault,
+    customer_ids: Sequence[str],
+    *,
+    rule: str,
+    now: datetime,
+    shred_later: bool = False,
 ) -> list[Erased]:
     """Erase these customers (rows locked by the caller) in one go: a few statements for all of
-    them, and each shred key bucket moved on once."""
+    them, and each shred key bucket moved on once — now, or with ``shred_later`` by the caller's
+    ``shredding.advance_pending`` (``purge``, at the end of its run)."""
     if not customer_ids:
         return []
     session = uow.session
@@ -71,7 +78,11 @@ async def erase_many(
     yesterday = today - timedelta(days=1)
     ends = await repository.contract_ends(session, customer_ids)
     until = {cid: identity_kept_until(ends[cid], today) for cid in customer_ids}
-    versions = await shredding.advance(uow, vault, customer_ids)
+    if shred_later:
+        await shredding.mark_pending(session, customer_ids)
+        versions = {}
+    else:
+        versions = await shredding.advance(uow, vault, customer_ids)
     await repository.destroy_profile(session, until, rule=rule, now=now)
     await repository.forms_due_now(session, customer_ids, yesterday)
     await repository.identity_forms_until(session, until, yesterday)
@@ -84,11 +95,9 @@ async def erase_many(
     ]
 
 
-async def dispose_identities(
-    uow: UnitOfWork, vault: Vault, customer_ids: Sequence[str]
-) -> frozenset[FieldGroup]:
-    """The retained identity records of erased customers, once their retention has ended."""
-    versions = await shredding.advance(uow, vault, customer_ids)
+async def dispose_identities(uow: UnitOfWork, customer_ids: Sequence[str]) -> frozenset[FieldGroup]:
+    """The retained identity records of erased customers, once their retention has ended (only
+    ``purge`` does this: their buckets move on at the end of its run)."""
+    await shredding.mark_pending(uow.session, customer_ids)
     await repository.destroy_identity(uow.session, customer_ids)
-    await shredding.remask(uow.session, vault, versions)
     return RETAINED_AFTER_ERASURE

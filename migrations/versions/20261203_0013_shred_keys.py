@@ -5,7 +5,8 @@ Revises: 0011
 Create Date: 2026-12-03 09:00:00
 
 ``shred_bucket`` holds the current version of each bucket's shred key (the keys are in the shred
-key file, ``app/shred_keys.py``); every bucket starts at version 1. ``customer_key.shred_bucket``
+key file, ``app/shred_keys.py``), and whether an erasure by ``purge`` left it to move on later
+(``pending``); every bucket starts at version 1. ``customer_key.shred_bucket``
 names the bucket of a masked data key (NULL: stored unmasked, before this revision; the next
 ``shopvault keys rotate`` masks those).
 """
@@ -31,9 +32,13 @@ def upgrade() -> None:
         "shred_bucket",
         sa.Column("bucket", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("pending", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.PrimaryKeyConstraint("bucket", name=op.f("pk_shred_bucket")),
     )
-    op.bulk_insert(buckets, [{"bucket": b, "version": FIRST_VERSION} for b in range(BUCKETS)])
+    op.bulk_insert(
+        buckets,
+        [{"bucket": b, "version": FIRST_VERSION, "pending": False} for b in range(BUCKETS)],
+    )
     # Not in batch mode: on SQLite that copies the table and drops its triggers (0006's).
     op.add_column("customer_key", sa.Column("shred_bucket", sa.Integer(), nullable=True))
     op.create_index("ix_customer_key_shred_bucket", "customer_key", ["shred_bucket"], unique=False)
