@@ -20,6 +20,8 @@ an exclusive lock (``app.keyfiles``); a process reads it again when it has chang
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import fcntl
 import hashlib
@@ -36,7 +38,6 @@ from app.keyfiles import (
     KEY_BYTES,
     KeyError_,
     create_exclusively,
-    decode_key,
     encode_key,
     ensure_directory,
     replace_atomically,
@@ -102,7 +103,14 @@ def _parse(text: str, where: str) -> dict[tuple[int, int], bytes]:
             raise KeyError_(f"{where} line {number} is not 'bucket version key'") from None
         if len(parts) != 3 or not 0 <= bucket < BUCKETS or version < FIRST_VERSION:
             raise KeyError_(f"{where} line {number} is not 'bucket version key'")
-        keys[(bucket, version)] = decode_key(parts[2], "shred", setting=f"{where} line {number}")
+        try:
+            # Only this module writes the file: the base64url of exactly 32 random bytes.
+            key = base64.urlsafe_b64decode(parts[2] + "=")
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != KEY_BYTES:
+            raise KeyError_(f"{where} line {number} does not hold a {KEY_BYTES}-byte key")
+        keys[(bucket, version)] = key
     return keys
 
 
@@ -199,12 +207,14 @@ class ShredKeys:
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            self._load()
+            if self._current_stamp() != self._stamp:
+                self._load()
             keys = dict(self._keys)
             yield keys
             if keys != self._keys:
                 replace_atomically(self.path, _render(keys))
-                self._load()
+                # Every writer holds the lock: the file is the one just written.
+                self._keys, self._stamp = keys, self._current_stamp()
         finally:
             os.close(fd)
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from app import shred_keys
 from app.crypto import KeyScope, MasterKey, new_data_key
+from app.keyfiles import KeyError_
 from app.keyring import master_ring_source
 from app.main import create_app
 from app.models import CustomerKey, ShredBucket
@@ -89,6 +90,12 @@ def test_the_shred_key_file(tmp_path: Path) -> None:
     # The pad is the customer's and the scope's own.
     assert writer.mask(data_key, "c-1", KeyScope.IDENTITY, FIRST_VERSION) != masked
     assert writer.mask(data_key, "c-2", KeyScope.PROFILE, FIRST_VERSION) != masked
+
+    # A damaged file is refused, not half-read.
+    damaged = tmp_path / "damaged.keys"
+    damaged.write_text("0 1 c2hvcnQ\n")
+    with pytest.raises(KeyError_):
+        ShredKeys(damaged).prepare()
 
     # Told apart by length: a bare wrap from before shred keys may end in anything.
     bare = MasterKey(new_data_key()).wrap(data_key, customer_id="c-1", scope=KeyScope.PROFILE)

@@ -57,7 +57,7 @@ BATCH = 500
 # until it commits, holding off registrations in those buckets for that long.
 CUSTOMER_BATCH = 200
 # Shred key buckets moved on per transaction at the end of a run (their other keys re-masked).
-SHRED_BUCKET_BATCH = 128
+SHRED_BUCKET_BATCH = 256
 # pg_try_advisory_lock key: "shopvault purge" (any constant shared by every purge).
 ADVISORY_LOCK_KEY = 0x73765F7075726765
 
