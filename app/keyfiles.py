@@ -21,6 +21,22 @@ KEY_BYTES = 32
 log = logging.getLogger("app.keys")
 
 
+# (device, inode, modification time, size) of a key file: changes whenever the file is replaced.
+Stamp = tuple[int, int, int, int] | None
+
+
+def stamp_of(status: os.stat_result) -> Stamp:
+    return (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size)
+
+
+def file_stamp(path: Path) -> Stamp:
+    """The file's stamp, or None if there is no file."""
+    try:
+        return stamp_of(os.stat(path))
+    except FileNotFoundError:
+        return None
+
+
 class KeyError_(ValueError):
     """A configured key is missing, malformed or too weak."""
 

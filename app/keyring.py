@@ -32,12 +32,15 @@ from app.config import Settings
 from app.keyfiles import (
     KEY_BYTES,
     KeyError_,
+    Stamp,
     create_exclusively,
     decode_key,
     encode_key,
     ensure_directory,
+    file_stamp,
     key_path,
     replace_atomically,
+    stamp_of,
     warn_generated,
 )
 
@@ -48,8 +51,7 @@ RING_FILE_HEADER = (
     "# `shopvault keys rotate` adds keys, and removes one only when no data key needs it.\n"
 )
 
-# (device, inode, modification time, size) of the ring file; None when the ring cannot change.
-Stamp = tuple[int, int, int, int] | None
+# The ring file's stamp (``app.keyfiles``); None when the ring cannot change.
 
 
 def master_key_id(master_key: bytes) -> str:
@@ -157,17 +159,12 @@ class RingFile:
         self.legacy_next = self.path.with_name(self.path.name + ".next")
 
     def stamp(self) -> Stamp:
-        try:
-            status = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size)
+        return file_stamp(self.path)
 
     def load(self) -> tuple[MasterKeyRing, Stamp]:
         with open(self.path, encoding="utf-8") as handle:
-            status = os.fstat(handle.fileno())
+            stamp = stamp_of(os.fstat(handle.fileno()))
             text = handle.read()
-        stamp = (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size)
         return parse_ring(text, str(self.path)), stamp
 
     def prepare(self) -> MasterKeyRing:

@@ -37,10 +37,13 @@ from app.crypto import DATA_KEY_BYTES, WRAPPED_KEY_BYTES, KeyScope
 from app.keyfiles import (
     KEY_BYTES,
     KeyError_,
+    Stamp,
     create_exclusively,
     encode_key,
     ensure_directory,
+    file_stamp,
     replace_atomically,
+    stamp_of,
 )
 
 BUCKETS = 4096
@@ -59,8 +62,6 @@ _MARKER = b"S"
 _TRAILER_BYTES = len(_MARKER) + 4
 
 log = logging.getLogger(__name__)
-
-Stamp = tuple[int, int, int, int] | None
 
 
 class ShredKeyMissing(Exception):
@@ -147,18 +148,14 @@ class ShredKeys:
     # --- reading ------------------------------------------------------------------------------
 
     def _current_stamp(self) -> Stamp:
-        try:
-            status = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size)
+        return file_stamp(self.path)
 
     def _load(self) -> None:
         with open(self.path, encoding="utf-8") as handle:
-            status = os.fstat(handle.fileno())
+            stamp = stamp_of(os.fstat(handle.fileno()))
             text = handle.read()
         self._keys = _parse(text, str(self.path))
-        self._stamp = (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size)
+        self._stamp = stamp
         self._checked_at = time.monotonic()
 
     def _refresh(self, *, force: bool) -> None:

@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 
 from app.crypto import DecryptionError, FieldCipher, KeyScope, MasterKey, new_data_key
-from app.keyfiles import KeyError_
-from app.keyring import FixedRing, MasterKeyRing, RingSource, Stamp, master_key_id
+from app.keyfiles import KeyError_, Stamp
+from app.keyring import FixedRing, MasterKeyRing, RingSource, master_key_id
 from app.models import CustomerKey, ServiceKey
 from app.shred_keys import ShredKeyMissing, ShredKeys, bucket_of, split_stored, with_version
 
