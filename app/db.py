@@ -18,12 +18,14 @@ import asyncio
 import re
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -33,6 +35,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import await_only
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -258,3 +262,56 @@ def create_sync_engine(url: str) -> Engine:
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DriverQuery:
+    """A Core statement compiled once for asyncpg: its SQL, the names of its ``$n`` parameters
+    in order, and the values of the literals it binds itself."""
+
+    sql: str
+    names: tuple[str, ...]
+    literals: Mapping[str, Any]
+
+    @classmethod
+    def compile(cls, statement: ClauseElement, dialect: Dialect) -> DriverQuery:
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        return cls(str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
+
+
+def runs_on_driver(session: AsyncSession) -> bool:
+    """Whether ``fetch_on_driver`` can run on this session's database (PostgreSQL)."""
+    return session.get_bind().dialect.driver == "asyncpg"
+
+
+async def fetch_on_driver(
+    session: AsyncSession, query: DriverQuery, params: Mapping[str, Any]
+) -> Sequence[Sequence[Any]]:
+    """Run ``query`` on the session's asyncpg connection directly: no ORM, no statement
+    building, and, when the session has not begun a transaction of its own, none at all — one
+    statement sees one snapshot, and a read that is its request's only query costs one round
+    trip instead of three (BEGIN, SELECT, ROLLBACK). Rows come as the driver gives them (no
+    type processing: callers read plain columns). Database errors are raised as SQLAlchemy's,
+    so they mean what they mean elsewhere (``DatabaseUnavailable``)."""
+    args = [params[name] if name in params else query.literals[name] for name in query.names]
+    rows: Sequence[Sequence[Any]] = await _on_driver(session, "fetch", query.sql, args)
+    return rows
+
+
+async def execute_on_driver(session: AsyncSession, sql: str, args: Sequence[Any]) -> None:
+    """Run one statement (``$n`` parameters) on the session's asyncpg connection: within the
+    session's transaction if it has begun one on the wire, else as a transaction of its own."""
+    await _on_driver(session, "execute", sql, args)
+
+
+async def _on_driver(session: AsyncSession, method: str, sql: str, args: Sequence[Any]) -> Any:
+    connection = await session.connection()
+    driver: Any = (await connection.get_raw_connection()).driver_connection
+    try:
+        return await getattr(driver, method)(sql, *args)
+    except asyncpg.PostgresError as exc:
+        raise OperationalError(sql, None, exc) from exc
+    except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        await connection.invalidate()  # the connection is gone or in an unknown state
+        raise OperationalError(sql, None, exc) from exc

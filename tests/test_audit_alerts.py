@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from app.audit.alerts import (
     ESTIMATE_TTL_SECONDS,
@@ -157,6 +158,58 @@ def test_off_hours_by_the_stores_opening_hours_in_tokyo(
     client.clock.now = datetime(2026, 12, 2, 1, 0, tzinfo=UTC)  # type: ignore[attr-defined]
     _manager_reads(client, customers)  # 10:00: open
     assert len(_alerts(client, RuleName.OFF_HOURS)) == 2
+
+
+def test_a_batch_of_reads_after_hours_grows_its_alert_once_per_window(
+    alerting: Callable[..., TestClient],
+) -> None:
+    """A busy shop after closing: the batch's events make each (actor, window) alert grow by
+    their number in one statement, not one statement per read."""
+    client = alerting()
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    late = datetime(2026, 12, 1, 14, 50, tzinfo=UTC)  # 23:50 in Tokyo
+    times = [late, late + timedelta(minutes=5), late + timedelta(minutes=15)]  # 00:05: next day
+
+    def row(at: datetime) -> dict[str, Any]:
+        return {
+            "at": at,
+            "actor": "manager1",
+            "role": "manager",
+            "store": "S001",
+            "action": "read",
+            "outcome": "allowed",
+            "customer_ids": ["c1"],
+        }
+
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith(("UPDATE AUDIT_ALERT", "INSERT INTO AUDIT_ALERT")):
+            statements.append(statement)
+
+    event.listen(runtime.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        client.portal.call(  # type: ignore[union-attr]
+            lambda: _on_append(runtime, [row(at) for at in times])
+        )
+        drain(client)
+    finally:
+        event.remove(runtime.engine.sync_engine, "before_cursor_execute", count)
+    alerts = sorted(_alerts(client, RuleName.OFF_HOURS), key=lambda a: a["first_at"])
+    assert [(a["count"], a["first_at"], a["last_at"]) for a in alerts] == [
+        (2, _iso(times[0]), _iso(times[1])),
+        (1, _iso(times[2]), _iso(times[2])),
+    ]
+    # One attempt to grow per alert; each found nothing to grow and opened instead.
+    assert len(statements) == 4, statements
+
+
+async def _on_append(runtime: Any, rows: list[dict[str, Any]]) -> None:
+    runtime.alerts.on_append(rows)
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
 
 
 # --- denied_burst --------------------------------------------------------------------------------

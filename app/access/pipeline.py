@@ -79,13 +79,16 @@ async def open_customer(
     with_contracts: bool = False,
     not_found: str = "No such customer.",
     suspended_ok: bool = False,
+    changes_nothing: bool = False,
 ) -> OpenedCustomer:
     """Open a customer for ``ctx``'s operation, or raise the refusal the check order gives.
 
     ``scopes``: the data keys to open (default: those of the disclosed groups);
     ``with_contracts``: load the contract rows in the same query (when the row discloses them);
     ``not_found``: the 404's wording for the resource asked for; ``suspended_ok``: the operation
-    applies its own rule to a suspended customer (an urgent notice may still be sent)."""
+    applies its own rule to a suspended customer (an urgent notice may still be sent);
+    ``changes_nothing``: the operation only reads — the rows may come as detached copies, read
+    without a transaction (``repository.load_for_access``)."""
     cid = canonical_id(customer_id)
     asked = (cid,) if cid else ()
 
@@ -125,6 +128,7 @@ async def open_customer(
         now=now,
         with_contracts=contracts_too,
         request=request,
+        detached=changes_nothing,
     )
     uow.principal_verified(row.principal_ok)
 

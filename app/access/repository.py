@@ -4,16 +4,29 @@ the access, and the customer with its wrapped keys (and contracts, when they wil
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, exists, false, literal, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    false,
+    literal,
+    or_,
+    select,
+)
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.repository import principal_check_clause, principal_params
 from app.auth.tokens import Principal
 from app.crypto import KeyScope
+from app.db import DriverQuery, fetch_on_driver, runs_on_driver
 from app.models import Contract, Customer, CustomerKey, Store, SubjectRequest, Visit
 
 
@@ -88,6 +101,12 @@ def wrapped_key(scope: KeyScope) -> ColumnElement[bytes | None]:
     )
 
 
+_Model = TypeVar("_Model", Customer, Contract)
+
+_CUSTOMER_COLUMNS = tuple(Customer.__table__.columns)
+_CONTRACT_COLUMNS = tuple(Contract.__table__.columns)
+
+
 @functools.cache
 def _access_statement(
     kind: str,
@@ -95,8 +114,10 @@ def _access_statement(
     visit: tuple[bool, bool, bool] | None,
     with_contracts: bool,
     request_kinds: tuple[str, ...] | None = None,
+    columns: bool = False,
 ) -> Select[Any]:
-    """Built once per shape: the values travel as bound parameters."""
+    """Built once per shape: the values travel as bound parameters. ``columns``: the customer's
+    and contracts' plain columns instead of ORM entities (for the driver: ``detached``)."""
 
     one = select(literal(1).label("one")).subquery("one")
     verified_store = (
@@ -110,7 +131,7 @@ def _access_statement(
         select(
             principal_check_clause(kind, has_store).label("principal_ok"),
             visit_ok.label("visit_ok"),
-            Customer,
+            *(_CUSTOMER_COLUMNS if columns else (Customer,)),
             wrapped_key(KeyScope.IDENTITY),
             wrapped_key(KeyScope.PROFILE),
             verified_store,
@@ -120,7 +141,7 @@ def _access_statement(
     )
     if with_contracts:
         statement = (
-            statement.add_columns(Contract)
+            statement.add_columns(*(_CONTRACT_COLUMNS if columns else (Contract,)))
             .outerjoin(Contract, Contract.customer_id == Customer.id)
             .order_by(Contract.started_on.desc(), Contract.created_at.desc())
         )
@@ -138,6 +159,77 @@ class AccessRow:
     contracts: list[Contract]
 
 
+def _shape(
+    principal: Principal,
+    visit: VisitCheck | None,
+    with_contracts: bool,
+    request: RequestCheck | None,
+) -> tuple[str, bool, tuple[bool, bool, bool] | None, bool, tuple[str, ...] | None]:
+    return (
+        principal.kind,
+        principal.store_id is not None,
+        None
+        if visit is None
+        else (visit.repair_only, visit.for_new_customer, visit.presence_since is not None),
+        with_contracts,
+        None if request is None else request.kinds,
+    )
+
+
+# The statement's SQL is the same whichever engine runs it: compiled once per shape.
+_ASYNCPG = asyncpg_dialect()  # type: ignore[no-untyped-call]
+
+
+@functools.cache
+def _driver_query(
+    shape: tuple[str, bool, tuple[bool, bool, bool] | None, bool, tuple[str, ...] | None],
+) -> DriverQuery:
+    return DriverQuery.compile(_access_statement(*shape, columns=True), _ASYNCPG)
+
+
+def _detached(model: type[_Model], keys: tuple[str, ...], values: Sequence[Any]) -> _Model:
+    """An instance holding ``values`` as if loaded, in no session: reading it costs what
+    reading a loaded row does; a change to it is never saved."""
+    instance: _Model = model.__mapper__.class_manager.new_instance()
+    instance.__dict__.update(zip(keys, values, strict=True))
+    return instance
+
+
+def _keys(
+    model: type[Customer | Contract], columns: Sequence[ColumnElement[Any]]
+) -> tuple[str, ...]:
+    mapper = model.__mapper__
+    return tuple(mapper.get_property_by_column(column).key for column in columns)
+
+
+_CUSTOMER_KEYS = _keys(Customer, _CUSTOMER_COLUMNS)
+_CONTRACT_KEYS = _keys(Contract, _CONTRACT_COLUMNS)
+
+
+def _detached_row(rows: Sequence[Sequence[Any]], with_contracts: bool) -> AccessRow:
+    first = rows[0]
+    n = len(_CUSTOMER_KEYS)
+    customer_values = first[2 : 2 + n]
+    contract_at = 2 + n + 3
+    return AccessRow(
+        principal_ok=bool(first[0]),
+        visit_ok=bool(first[1]),
+        customer=None
+        if customer_values[0] is None
+        else _detached(Customer, _CUSTOMER_KEYS, customer_values),
+        identity_key=first[2 + n],
+        profile_key=first[3 + n],
+        verified_store=first[4 + n],
+        contracts=[
+            _detached(Contract, _CONTRACT_KEYS, row[contract_at:])
+            for row in rows
+            if row[contract_at] is not None
+        ]
+        if with_contracts
+        else [],
+    )
+
+
 async def load_for_access(
     session: AsyncSession,
     principal: Principal,
@@ -147,19 +239,16 @@ async def load_for_access(
     now: datetime,
     with_contracts: bool = False,
     request: RequestCheck | None = None,
+    detached: bool = False,
 ) -> AccessRow:
     """One round trip: is the token still good, does the visit (or the customer request)
     justify the access, and the customer with its wrapped keys (and contracts, when they will
-    be disclosed). ``visit_ok`` is the verdict of whichever justification was given."""
-    statement = _access_statement(
-        principal.kind,
-        principal.store_id is not None,
-        None
-        if visit is None
-        else (visit.repair_only, visit.for_new_customer, visit.presence_since is not None),
-        with_contracts,
-        None if request is None else request.kinds,
-    )
+    be disclosed). ``visit_ok`` is the verdict of whichever justification was given.
+
+    ``detached``: for an operation that changes nothing — on PostgreSQL the query runs on the
+    driver directly, outside any transaction when it is the request's first (one round trip,
+    no ORM), and the customer and contracts come as detached copies that are never saved."""
+    shape = _shape(principal, visit, with_contracts, request)
     params = {**principal_params(principal), "c_id": customer_id}
     if request is not None and request.kinds:
         params.update(r_id=request.request_id, r_store=request.store_id)
@@ -167,7 +256,10 @@ async def load_for_access(
         params.update(v_id=visit.visit_id, v_store=visit.store_id, v_now=now)
         if visit.presence_since is not None:
             params["v_presence_since"] = visit.presence_since
-    rows = (await session.execute(statement, params)).all()
+    if detached and runs_on_driver(session):
+        query = _driver_query(shape)
+        return _detached_row(await fetch_on_driver(session, query, params), with_contracts)
+    rows = (await session.execute(_access_statement(*shape), params)).all()
     first = rows[0]
     return AccessRow(
         principal_ok=bool(first[0]),

@@ -239,6 +239,7 @@ class Hit:
     event: Mapping[str, Any]  # the newest matching event
     opening_count: int
     growth: int
+    first_at: datetime | None = None  # of the hit's events, when several (else the event's)
 
     @property
     def actor_key(self) -> str:
@@ -323,9 +324,17 @@ async def find_hits(
         if not by_key:
             continue
         if rule.threshold is None:
+            # Every event counts: one hit per key and window for the whole batch (a busy shop
+            # after hours makes one alert grow once per batch, not once per read).
             for key, keyed in by_key.items():
+                windows: dict[datetime, list[Mapping[str, Any]]] = defaultdict(list)
                 for event in keyed:
-                    hits.append(Hit(rule, key, event, units(event), units(event)))
+                    windows[window_start(event["at"], rule.window)].append(event)
+                for same in windows.values():
+                    count = sum(units(e) for e in same)
+                    newest = max(same, key=lambda e: e["at"])
+                    first_at = min(e["at"] for e in same)
+                    hits.append(Hit(rule, key, newest, count, count, first_at=first_at))
             continue
         if estimates is not None:
             by_key = {
@@ -364,6 +373,7 @@ async def record_hits(session: AsyncSession, hits: Sequence[Hit]) -> list[Alert]
             subject=hit.subject,
             window_start=window_start(hit.event["at"], hit.rule.window),
             at=hit.event["at"],
+            first_at=hit.first_at,
             opening_count=hit.opening_count,
             growth=hit.growth,
         )

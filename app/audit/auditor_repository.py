@@ -211,9 +211,11 @@ async def upsert_alert(
     at: datetime,
     opening_count: int,
     growth: int,
+    first_at: datetime | None = None,
 ) -> Alert | None:
     """Open an alert, or make the open one of this rule, actor, subject and window grow. The
-    alert if it was opened now."""
+    alert if it was opened now. ``at``: the newest event's time; ``first_at``: the oldest's,
+    when the growth stands for several."""
     same = (
         Alert.rule == rule,
         Alert.actor_key == actor_key,
@@ -248,7 +250,7 @@ async def upsert_alert(
         subject=subject,
         window_start=window_start,
         status="open",
-        first_at=at,
+        first_at=first_at or at,
         last_at=at,
         count=opening_count,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -17,12 +18,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert
+from sqlalchemy import JSON, ColumnElement, bindparam, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.chain import ENCODING_VERSION, GENESIS_HASH, AuditKeys, seal
 from app.audit.events import EventDraft
+from app.db import execute_on_driver, runs_on_driver
 from app.models import AccessEvent, AccessEventCustomer, AuditChain, AuditChainRegistry
 from app.models.base import new_id, utcnow
 
@@ -141,37 +143,92 @@ def _head_upsert(dialect_insert: Any) -> Any:
 _REGISTER = insert(AuditChainRegistry).values(_bound_values(AuditChainRegistry, "r_"))
 
 
-# Up to this many events go in the one-statement append; a larger batch (group commit) in one
-# multi-row INSERT per table.
-_ONE_STATEMENT_MAX = 4
+_SQLITE_HEAD_UPSERT = _head_upsert(sqlite.insert)
+
+
+_POSTGRES = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+def _pg_type(column: ColumnElement[Any]) -> str:
+    return str(column.type.compile(dialect=_POSTGRES))
+
+
+# Every name and type below comes from the models, never from a value.
+def _unnest_insert(table: Any, first: int) -> tuple[str, list[str]]:
+    """``INSERT … SELECT * FROM unnest($n::type[], …)``: any number of rows as one array per
+    column, so that one prepared statement serves every batch size."""
+    columns = list(table.columns)
+    arrays = ", ".join(f"${first + i}::{_pg_type(column)}[]" for i, column in enumerate(columns))
+    names = ", ".join(column.name for column in columns)
+    return f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays})", [  # noqa: S608
+        column.name for column in columns
+    ]
+
+
+_EVENT_INSERT, _EVENT_NAMES = _unnest_insert(AccessEvent.__table__, 1)
+_LINK_INSERT, _LINK_NAMES = _unnest_insert(AccessEventCustomer.__table__, 1 + len(_EVENT_NAMES))
+_HEAD_AT = 1 + len(_EVENT_NAMES) + len(_LINK_NAMES)
+_JSON_COLUMNS = frozenset(
+    column.name for column in AccessEvent.__table__.columns if isinstance(column.type, JSON)
+)
 
 
 @functools.cache
-def _postgres_append(events: int, links: int, register: bool) -> Any:
-    """One statement, built once per shape: the events, their customer links, the chain's
-    registration (with its first event) and its head in one round trip. (One single-row INSERT
-    per row: a multi-row VALUES is not cacheable.)"""
-    registration = [_REGISTER.cte("registration")] if register else []
-    inserts = (
-        registration
-        + [
-            insert(AccessEvent).values(_bound_values(AccessEvent, f"e{i}_")).cte(f"event_{i}")
-            for i in range(events)
-        ]
-        + [
-            insert(AccessEventCustomer)
-            .values(_bound_values(AccessEventCustomer, f"l{i}_"))
-            .cte(f"link_{i}")
-            for i in range(links)
-        ]
+def _driver_append(register: bool) -> str:
+    """The whole append in one statement for the driver: the events, their customer links,
+    the chain's registration (with its first event) and its head. Run outside a transaction it
+    is one (it commits or fails whole); inside the session's, it commits with the data."""
+    h = _HEAD_AT
+    parts = [f"events AS ({_EVENT_INSERT})", f"links AS ({_LINK_INSERT})"]
+    if register:
+        parts.append(
+            "registration AS (INSERT INTO audit_chain_registry (chain, registered_at, mac)"  # noqa: S608
+            f" VALUES (${h}::varchar, ${h + 4}::timestamptz, ${h + 5}::varchar))"
+        )
+    return (
+        f"WITH {', '.join(parts)} INSERT INTO audit_chain (chain, seq, head_hash, mac)"  # noqa: S608
+        f" VALUES (${h}::varchar, ${h + 1}::bigint, ${h + 2}::varchar, ${h + 3}::varchar)"
+        " ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq,"
+        " head_hash = excluded.head_hash, mac = excluded.mac"
     )
-    return _head_upsert(postgresql.insert).add_cte(*inserts)
 
 
-_HEAD_UPSERT = {
-    "postgresql": _head_upsert(postgresql.insert),
-    "sqlite": _head_upsert(sqlite.insert),
-}
+def _column_arrays(
+    rows: Sequence[dict[str, Any]], names: Sequence[str], json_columns: frozenset[str]
+) -> list[list[Any]]:
+    """One list per column; JSON values as the text SQLAlchemy writes (``json.dumps``'
+    defaults), which verification reads back."""
+    arrays: list[list[Any]] = []
+    for name in names:
+        values = [row.get(name) for row in rows]
+        if name in json_columns:
+            values = [None if value is None else json.dumps(value) for value in values]
+        arrays.append(values)
+    return arrays
+
+
+async def _write_on_driver(
+    session: AsyncSession,
+    keys: AuditKeys,
+    chain: str,
+    rows: list[dict[str, Any]],
+    links: list[dict[str, Any]],
+    seq: int,
+    head: str,
+) -> None:
+    register = rows[0]["seq"] == 1
+    args: list[Any] = [
+        *_column_arrays(rows, _EVENT_NAMES, _JSON_COLUMNS),
+        *_column_arrays(links, _LINK_NAMES, frozenset()),
+        chain,
+        seq,
+        head,
+        keys.head_mac(chain, seq, head),
+    ]
+    if register:
+        at = rows[0]["at"]
+        args += [at, keys.registry_mac(chain, at)]
+    await execute_on_driver(session, _driver_append(register), args)
 
 
 async def _write(
@@ -183,6 +240,7 @@ async def _write(
     seq: int,
     head: str,
 ) -> None:
+    """The append through SQLAlchemy (SQLite; PostgreSQL takes ``_write_on_driver``)."""
     connection = await session.connection()
     params = {
         "h_chain": chain,
@@ -190,25 +248,16 @@ async def _write(
         "h_hash": head,
         "h_mac": keys.head_mac(chain, seq, head),
     }
-    register = rows[0]["seq"] == 1
-    if register:
+    if rows[0]["seq"] == 1:
         at = rows[0]["at"]
         params.update(
             {"r_chain": chain, "r_registered_at": at, "r_mac": keys.registry_mac(chain, at)}
         )
-    if connection.dialect.name == "postgresql" and len(rows) <= _ONE_STATEMENT_MAX:
-        for i, row in enumerate(rows):
-            params.update({f"e{i}_{name}": value for name, value in _event_row(row).items()})
-        for i, link in enumerate(links):
-            params.update({f"l{i}_{name}": value for name, value in link.items()})
-        await connection.execute(_postgres_append(len(rows), len(links), register), params)
-        return
-    if register:
         await connection.execute(_REGISTER, params)
     await connection.execute(insert(AccessEvent), [_event_row(row) for row in rows])
     if links:
         await connection.execute(insert(AccessEventCustomer), links)
-    await connection.execute(_HEAD_UPSERT[connection.dialect.name], params)
+    await connection.execute(_SQLITE_HEAD_UPSERT, params)
 
 
 class AuditLog:
@@ -299,8 +348,9 @@ class AuditLog:
                 if chain.retired:
                     continue
                 rows, links, seq, head = self._seal(chain, groups)
+                write = _write_on_driver if runs_on_driver(session) else _write
                 try:
-                    await _write(session, self._keys, chain.name, rows, links, seq, head)
+                    await write(session, self._keys, chain.name, rows, links, seq, head)
                     await session.commit()
                 except BaseException:
                     self._retire(chain)

@@ -102,6 +102,7 @@ async def disclose_customer(
         action=Action.READ,
         resource=resource_of("customers", customer_id),
         with_contracts=True,
+        changes_nothing=True,
     )
     view = await _view(uow, runtime, opened)
     record_access(uow, ctx, opened, action=Action.READ, resource=f"customers/{opened.id}")

@@ -1,0 +1,84 @@
+"""The hot read on PostgreSQL (``load_for_access(detached=True)``): the same query run on the
+driver directly, outside any transaction, with the rows as detached copies. It must answer
+exactly what the ORM path answers — for a customer with contracts, for no such customer, for a
+visit that does not justify the access — and never hand back anything a session would save."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import inspect
+
+from app.access.repository import AccessRow, VisitCheck, load_for_access
+from app.models import Contract, Customer
+from app.models.base import new_id, utcnow
+from tests import cast
+from tests.conftest import login
+from tests.world import add_contract, register_customer
+
+
+@pytest.fixture
+def postgres(backend: str) -> None:
+    if backend != "postgres":
+        pytest.skip("the driver path is PostgreSQL's (SQLite reads through the ORM)")
+
+
+def _plain(row: AccessRow) -> dict[str, Any]:
+    def columns(instance: Customer | Contract | None) -> dict[str, Any] | None:
+        if instance is None:
+            return None
+        return {c.key: getattr(instance, c.key) for c in inspect(type(instance)).column_attrs}
+
+    return {
+        "principal_ok": row.principal_ok,
+        "visit_ok": row.visit_ok,
+        "customer": columns(row.customer),
+        "identity_key": row.identity_key,
+        "profile_key": row.profile_key,
+        "verified_store": row.verified_store,
+        "contracts": [columns(c) for c in row.contracts],
+    }
+
+
+@pytest.mark.usefixtures("postgres")
+def test_the_driver_path_answers_what_the_orm_path_answers(client: TestClient) -> None:
+    sales = login(client, cast.SALES)
+    customer = register_customer(client, sales, seed=7)
+    add_contract(client, sales, customer.id, customer.visit_id, seed=1)
+    add_contract(client, sales, customer.id, customer.visit_id, seed=2)
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    principal = runtime.tokens.decode(sales["Authorization"].split()[1])
+    now = utcnow()
+    good = VisitCheck(
+        customer.visit_id, principal.store_id, presence_since=now - timedelta(hours=1)
+    )
+    wrong = VisitCheck(new_id(), principal.store_id)
+
+    async def both(customer_id: str, visit: VisitCheck) -> tuple[AccessRow, AccessRow]:
+        async with runtime.sessions() as session:
+            detached = await load_for_access(
+                session,
+                principal,
+                customer_id,
+                visit=visit,
+                now=now,
+                with_contracts=True,
+                detached=True,
+            )
+            loaded = await load_for_access(
+                session, principal, customer_id, visit=visit, now=now, with_contracts=True
+            )
+            assert detached.customer is None or detached.customer not in session
+            assert all(c not in session for c in detached.contracts)
+            return detached, loaded
+
+    for customer_id, visit in ((customer.id, good), (new_id(), good), (customer.id, wrong)):
+        detached, loaded = client.portal.call(both, customer_id, visit)  # type: ignore[union-attr]
+        assert _plain(detached) == _plain(loaded)
+    detached, _ = client.portal.call(both, customer.id, good)  # type: ignore[union-attr]
+    assert detached.principal_ok and detached.visit_ok
+    assert detached.customer is not None and detached.customer.id == customer.id
+    assert len(detached.contracts) == 2
