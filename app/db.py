@@ -277,6 +277,9 @@ class DriverQuery:
     def compile(cls, statement: ClauseElement, dialect: Dialect) -> DriverQuery:
         compiled = statement.compile(dialect=dialect)
         assert isinstance(compiled, SQLCompiler)
+        expanding = [name for name, bind in compiled.binds.items() if bind.expanding]
+        if expanding:  # an ``in_`` list, which SQLAlchemy expands at execution, not here
+            raise ValueError(f"expanding parameters cannot run on the driver: {expanding}")
         return cls(str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
 
 

@@ -5,6 +5,7 @@ visit that does not justify the access — and never hand back anything a sessio
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 from typing import Any
 
@@ -12,9 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import inspect
 
-from app.access.repository import AccessRow, VisitCheck, load_for_access
+from app.access.repository import AccessRow, VisitCheck, _driver_query, load_for_access
 from app.models import Contract, Customer
 from app.models.base import new_id, utcnow
+from app.policy import Operation, request_kinds_covering
 from tests import cast
 from tests.conftest import login
 from tests.world import add_contract, register_customer
@@ -82,3 +84,17 @@ def test_the_driver_path_answers_what_the_orm_path_answers(client: TestClient) -
     assert detached.principal_ok and detached.visit_ok
     assert detached.customer is not None and detached.customer.id == customer.id
     assert len(detached.contracts) == 2
+
+
+def test_every_shape_of_the_access_query_compiles_for_the_driver() -> None:
+    """Each shape the pipeline can ask for (caller kind, store, visit rule, contracts, the
+    request kinds of every operation) is plain ``$n`` SQL: nothing left to expand at execution,
+    which only SQLAlchemy's own execution would do."""
+    kinds = {request_kinds_covering(operation) for operation in Operation}
+    visits = [None, *itertools.product((False, True), repeat=3)]
+    shapes = itertools.product(
+        ("staff", "system"), (False, True), visits, (False, True), [None, *kinds]
+    )
+    for shape in shapes:
+        query = _driver_query(shape)  # type: ignore[arg-type]
+        assert "POSTCOMPILE" not in query.sql
