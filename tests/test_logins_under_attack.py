@@ -236,11 +236,9 @@ def argon2_checked(
 def test_argon2_never_runs_under_a_database_lock(
     client: TestClient, as_member: AsMember, argon2_checked: list[str]
 ) -> None:
-    admin = as_member(cast.ADMIN)
-    sales = as_member(cast.SALES)
     # Appends start background work in their own short transactions (this process's first
     # checkpoint; a privileged_change alert after an admin's change): it is not a request's lock,
-    # so each check below starts once it has finished.
+    # so each check below, the logins of the members included, starts once it has finished.
     assert client.portal is not None
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
 
@@ -248,6 +246,10 @@ def test_argon2_never_runs_under_a_database_lock(
         assert client.portal is not None
         client.portal.call(runtime.drain)
 
+    settle()
+    admin = as_member(cast.ADMIN)
+    settle()
+    sales = as_member(cast.SALES)
     settle()
     assert client.post("/auth/token", data=_form(cast.SALES.login, "wrong")).status_code == 401
     settle()
