@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     database_url: str | None = None
     migration_database_url: str | None = None
+    # PostgreSQL connections each API process keeps; a request beyond them waits for one.
+    db_pool_size: int = Field(default=16, ge=1, le=200)
 
     jwt_key: SecretStr | None = None
     master_key: SecretStr | None = None

@@ -215,8 +215,15 @@ def wrote(connection: AsyncConnection) -> bool:
     return bool(connection.info.get(_WROTE, True))
 
 
+# The API process's PostgreSQL pool has no overflow: the group commit answers its waiting reads
+# together, and their clients' next requests then arrive together. Overflow connections would be
+# opened for such a burst and closed after it, each a new backend and a new round of asyncpg's
+# type introspection; a request beyond the pool waits for a connection instead.
+POOL_SIZE = 16
+
+
 def create_request_engine(
-    url: str, *, pool_size: int = 10, writers: WriterQueue | None = None
+    url: str, *, pool_size: int = POOL_SIZE, writers: WriterQueue | None = None
 ) -> AsyncEngine:
     """The asyncio engine used by the API; on SQLite its transactions queue on ``writers``."""
     if is_sqlite(url):
@@ -224,7 +231,7 @@ def create_request_engine(
         _configure_sqlite(engine.sync_engine, writers or WriterQueue())
         return engine
     engine = create_async_engine(
-        async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False
+        async_url(url), pool_size=pool_size, max_overflow=0, pool_pre_ping=False
     )
     _track_writes(engine.sync_engine)
     return engine

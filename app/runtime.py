@@ -63,7 +63,7 @@ class Runtime:
         keys = load_keys(settings)
         url = settings.resolved_database_url
         writers = WriterQueue() if is_sqlite(url) else None
-        engine = create_request_engine(url, writers=writers)
+        engine = create_request_engine(url, pool_size=settings.db_pool_size, writers=writers)
         limits = RateLimits(settings.redis_url, key_prefix=settings.redis_key_prefix)
         sessions = session_factory(engine)
         audit_keys = AuditKeys.derive(keys.index)

@@ -22,10 +22,10 @@ from sqlalchemy import DateTime, MetaData, String, Text, create_engine, insert
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from app.config import Settings
 from app.db import async_url, sync_url
 
 URL_ENV = "BENCH_BARE_DATABASE_URL"
-POOL_SIZE = 10  # as app/db.py: pool_size=10, max_overflow=10
 
 
 class BareBase(DeclarativeBase):
@@ -54,7 +54,9 @@ class BenchEvent(BareBase):
 
 
 def create_bare_app(url: str) -> FastAPI:
-    engine = create_async_engine(async_url(url), pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
+    # The same pool as shopvault's (SHOPVAULT_DB_POOL_SIZE, no overflow).
+    pool = Settings().db_pool_size
+    engine = create_async_engine(async_url(url), pool_size=pool, max_overflow=0)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     @asynccontextmanager

@@ -36,6 +36,9 @@ from bench.serve import Target, check_answer, child_env, free_port, serve, sessi
 LOAD_SETTINGS = {
     "SHOPVAULT_SEARCH_RATE_LIMIT": "100000000/minute",
     "SHOPVAULT_ALERT_BULK_READ": "100000000/10minutes",
+    # Three apps of 2 workers each stay up through the alternating rounds (shopvault, shopvault
+    # without alerts, the bare app): 6 pools, within PostgreSQL's 100 connections.
+    "SHOPVAULT_DB_POOL_SIZE": "12",
 }
 
 

@@ -393,3 +393,33 @@ def test_concurrent_logouts_on_one_chain(settings: Settings, db: Engine) -> None
         chains = connection.execute(text("SELECT chain FROM audit_chain")).scalars().all()
     assert revoked == CONCURRENT_REQUESTS
     assert len(chains) == 1
+
+
+def test_the_api_pool_keeps_its_size_and_opens_no_overflow(
+    make_settings: SettingsFactory, backend: str
+) -> None:
+    """A burst beyond ``SHOPVAULT_DB_POOL_SIZE`` waits for a connection: overflow connections
+    would be opened for the burst and closed after it, one new backend per request."""
+    if backend != "postgres":
+        pytest.skip("SQLite's engine has no pool of connections to a server")
+    from app.runtime import Runtime
+
+    runtime = Runtime.build(make_settings(db_pool_size=3))
+    opened: list[object] = []
+    sa_event.listen(
+        runtime.engine.sync_engine, "connect", lambda conn, _record: opened.append(conn)
+    )
+
+    async def burst() -> None:
+        async def hold() -> None:
+            async with runtime.engine.connect() as connection:
+                await connection.execute(text("SELECT pg_sleep(0.05)"))
+
+        try:
+            await asyncio.gather(*(hold() for _ in range(9)))
+            await asyncio.gather(*(hold() for _ in range(9)))
+        finally:
+            await runtime.close()
+
+    asyncio.run(burst())
+    assert len(opened) == 3
