@@ -315,13 +315,29 @@ async def execute_on_driver(session: AsyncSession, sql: str, args: Sequence[Any]
     await _on_driver(session, "execute", sql, args)
 
 
+# What leaves the driver's connection gone or in an unknown state: it is invalidated, not put
+# back in the pool (asyncpg reports a server that ended the session as a PostgresError).
+_DISCONNECTS = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+
+
 async def _on_driver(session: AsyncSession, method: str, sql: str, args: Sequence[Any]) -> Any:
     connection = await session.connection()
     driver: Any = (await connection.get_raw_connection()).driver_connection
     try:
         return await getattr(driver, method)(sql, *args)
-    except asyncpg.PostgresError as exc:
-        raise OperationalError(sql, None, exc) from exc
-    except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-        await connection.invalidate()  # the connection is gone or in an unknown state
-        raise OperationalError(sql, None, exc) from exc
+    except BaseException as exc:
+        # Anything but an error of the statement itself (a cancellation included) may leave the
+        # connection mid-operation.
+        plain = isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, _DISCONNECTS)
+        if not plain or driver.is_closed():
+            await connection.invalidate()
+        if isinstance(exc, (asyncpg.PostgresError, *_DISCONNECTS)):
+            raise OperationalError(sql, None, exc) from exc
+        raise
