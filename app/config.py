@@ -10,6 +10,9 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# PostgreSQL connections each API process keeps (``app/db.py`` says why there is no overflow).
+DB_POOL_SIZE = 16
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SHOPVAULT_", extra="ignore", frozen=True)
@@ -17,8 +20,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     database_url: str | None = None
     migration_database_url: str | None = None
-    # PostgreSQL connections each API process keeps; a request beyond them waits for one.
-    db_pool_size: int = Field(default=16, ge=1, le=200)
+    db_pool_size: int = Field(default=DB_POOL_SIZE, ge=1, le=200)
 
     jwt_key: SecretStr | None = None
     master_key: SecretStr | None = None

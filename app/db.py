@@ -25,7 +25,8 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -38,6 +39,8 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import await_only
+
+from app.config import DB_POOL_SIZE
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -219,11 +222,10 @@ def wrote(connection: AsyncConnection) -> bool:
 # together, and their clients' next requests then arrive together. Overflow connections would be
 # opened for such a burst and closed after it, each a new backend and a new round of asyncpg's
 # type introspection; a request beyond the pool waits for a connection instead.
-POOL_SIZE = 16
 
 
 def create_request_engine(
-    url: str, *, pool_size: int = POOL_SIZE, writers: WriterQueue | None = None
+    url: str, *, pool_size: int = DB_POOL_SIZE, writers: WriterQueue | None = None
 ) -> AsyncEngine:
     """The asyncio engine used by the API; on SQLite its transactions queue on ``writers``."""
     if is_sqlite(url):
@@ -271,6 +273,10 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+# What statements and types run on the driver are compiled for (no connection needed).
+DRIVER_DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
+
+
 @dataclass(frozen=True, slots=True)
 class DriverQuery:
     """A Core statement compiled once for asyncpg: its SQL, the names of its ``$n`` parameters
@@ -281,8 +287,8 @@ class DriverQuery:
     literals: Mapping[str, Any]
 
     @classmethod
-    def compile(cls, statement: ClauseElement, dialect: Dialect) -> DriverQuery:
-        compiled = statement.compile(dialect=dialect)
+    def compile(cls, statement: ClauseElement) -> DriverQuery:
+        compiled = statement.compile(dialect=DRIVER_DIALECT)
         assert isinstance(compiled, SQLCompiler)
         expanding = [name for name, bind in compiled.binds.items() if bind.expanding]
         if expanding:  # an ``in_`` list, which SQLAlchemy expands at execution, not here

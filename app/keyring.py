@@ -51,8 +51,6 @@ RING_FILE_HEADER = (
     "# `shopvault keys rotate` adds keys, and removes one only when no data key needs it.\n"
 )
 
-# The ring file's stamp (``app.keyfiles``); None when the ring cannot change.
-
 
 def master_key_id(master_key: bytes) -> str:
     """A short public fingerprint naming which master key wraps a data key."""

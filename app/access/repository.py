@@ -20,7 +20,6 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.repository import principal_check_clause, principal_params
@@ -160,12 +159,17 @@ class AccessRow:
     contracts: list[Contract]
 
 
+# What the access statement is built for: caller kind, has a store, the visit rule, contracts,
+# the request kinds (``_access_statement``'s arguments).
+_Shape = tuple[str, bool, tuple[bool, bool, bool] | None, bool, tuple[str, ...] | None]
+
+
 def _shape(
     principal: Principal,
     visit: VisitCheck | None,
     with_contracts: bool,
     request: RequestCheck | None,
-) -> tuple[str, bool, tuple[bool, bool, bool] | None, bool, tuple[str, ...] | None]:
+) -> _Shape:
     return (
         principal.kind,
         principal.store_id is not None,
@@ -177,15 +181,9 @@ def _shape(
     )
 
 
-# The statement's SQL is the same whichever engine runs it: compiled once per shape.
-_ASYNCPG = asyncpg_dialect()  # type: ignore[no-untyped-call]
-
-
 @functools.cache
-def _driver_query(
-    shape: tuple[str, bool, tuple[bool, bool, bool] | None, bool, tuple[str, ...] | None],
-) -> DriverQuery:
-    return DriverQuery.compile(_access_statement(*shape, columns=True), _ASYNCPG)
+def _driver_query(shape: _Shape) -> DriverQuery:
+    return DriverQuery.compile(_access_statement(*shape, columns=True))
 
 
 def _detached(model: type[_Model], keys: tuple[str, ...], values: Sequence[Any]) -> _Model:

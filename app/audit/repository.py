@@ -19,12 +19,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, ColumnElement, bindparam, insert
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.chain import ENCODING_VERSION, GENESIS_HASH, AuditKeys, seal
 from app.audit.events import EventDraft
-from app.db import execute_on_driver, runs_on_driver
+from app.db import DRIVER_DIALECT, execute_on_driver, runs_on_driver
 from app.models import AccessEvent, AccessEventCustomer, AuditChain, AuditChainRegistry
 from app.models.base import new_id, utcnow
 
@@ -146,11 +146,8 @@ _REGISTER = insert(AuditChainRegistry).values(_bound_values(AuditChainRegistry, 
 _SQLITE_HEAD_UPSERT = _head_upsert(sqlite.insert)
 
 
-_POSTGRES = postgresql.dialect()  # type: ignore[no-untyped-call]
-
-
 def _pg_type(column: ColumnElement[Any]) -> str:
-    return str(column.type.compile(dialect=_POSTGRES))
+    return str(column.type.compile(dialect=DRIVER_DIALECT))
 
 
 # Every name and type below comes from the models, never from a value.
@@ -207,6 +204,18 @@ def _column_arrays(
     return arrays
 
 
+def _macs(
+    keys: AuditKeys, chain: str, rows: list[dict[str, Any]], seq: int, head: str
+) -> tuple[str, tuple[datetime, str] | None]:
+    """The head's MAC, and the chain's registration (its time and MAC) when these rows start
+    the chain: what either way of writing an append stores beside the events."""
+    head_mac = keys.head_mac(chain, seq, head)
+    if rows[0]["seq"] != 1:
+        return head_mac, None
+    at = rows[0]["at"]
+    return head_mac, (at, keys.registry_mac(chain, at))
+
+
 async def _write_on_driver(
     session: AsyncSession,
     keys: AuditKeys,
@@ -216,19 +225,17 @@ async def _write_on_driver(
     seq: int,
     head: str,
 ) -> None:
-    register = rows[0]["seq"] == 1
+    head_mac, registration = _macs(keys, chain, rows, seq, head)
     args: list[Any] = [
         *_column_arrays(rows, _EVENT_NAMES, _JSON_COLUMNS),
         *_column_arrays(links, _LINK_NAMES, frozenset()),
         chain,
         seq,
         head,
-        keys.head_mac(chain, seq, head),
+        head_mac,
+        *(registration or ()),
     ]
-    if register:
-        at = rows[0]["at"]
-        args += [at, keys.registry_mac(chain, at)]
-    await execute_on_driver(session, _driver_append(register), args)
+    await execute_on_driver(session, _driver_append(registration is not None), args)
 
 
 async def _write(
@@ -242,17 +249,11 @@ async def _write(
 ) -> None:
     """The append through SQLAlchemy (SQLite; PostgreSQL takes ``_write_on_driver``)."""
     connection = await session.connection()
-    params = {
-        "h_chain": chain,
-        "h_seq": seq,
-        "h_hash": head,
-        "h_mac": keys.head_mac(chain, seq, head),
-    }
-    if rows[0]["seq"] == 1:
-        at = rows[0]["at"]
-        params.update(
-            {"r_chain": chain, "r_registered_at": at, "r_mac": keys.registry_mac(chain, at)}
-        )
+    head_mac, registration = _macs(keys, chain, rows, seq, head)
+    params = {"h_chain": chain, "h_seq": seq, "h_hash": head, "h_mac": head_mac}
+    if registration is not None:
+        at, mac = registration
+        params.update({"r_chain": chain, "r_registered_at": at, "r_mac": mac})
         await connection.execute(_REGISTER, params)
     await connection.execute(insert(AccessEvent), [_event_row(row) for row in rows])
     if links:
