@@ -584,7 +584,7 @@ def purge_command(args: argparse.Namespace, settings: Settings) -> int:
     from app.audit.pruning import PruneRefused, prune_events
     from app.documents.service import StoreDue, due_by_store
     from app.models.base import utcnow
-    from app.retention.purge import PurgeOutcome, cutoff, purge, purge_lock
+    from app.retention.purge import SHRED_WORKERS, PurgeOutcome, cutoff, purge, purge_lock
     from app.retention.rules import ACCESS_EVENT_RULE
     from app.retention.service import date_in_japan
 
@@ -603,6 +603,7 @@ def purge_command(args: argparse.Namespace, settings: Settings) -> int:
                 now=now,
                 dry_run=dry_run,
                 progress=_progress_bar(),
+                shred_workers=1 if is_sqlite(settings.resolved_database_url) else SHRED_WORKERS,
             )
 
         outcome = with_runtime(settings, work)

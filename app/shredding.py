@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.crypto import KeyScope
+from app.db import execute_on_driver, runs_on_driver
 from app.models import CustomerKey, ShredBucket
 from app.shred_keys import bucket_of
 from app.uow import UnitOfWork
@@ -84,7 +84,8 @@ async def mark_pending(session: AsyncSession, customer_ids: Iterable[str]) -> No
 
 async def advance_pending(uow: UnitOfWork, vault: Vault, limit: int) -> int:
     """Move up to ``limit`` buckets marked pending to their next version, re-masking the keys
-    left in them (no commit); how many buckets."""
+    left in them (no commit); how many buckets. Buckets another transaction is moving on are
+    skipped, so that several can work at once (each on buckets of its own)."""
     buckets = list(
         (
             await uow.session.execute(
@@ -92,7 +93,7 @@ async def advance_pending(uow: UnitOfWork, vault: Vault, limit: int) -> int:
                 .where(ShredBucket.pending.is_(True))
                 .order_by(ShredBucket.bucket)
                 .limit(limit)
-                .with_for_update()
+                .with_for_update(skip_locked=True)
             )
         ).scalars()
     )
@@ -101,35 +102,51 @@ async def advance_pending(uow: UnitOfWork, vault: Vault, limit: int) -> int:
     return len(buckets)
 
 
+# On PostgreSQL the re-masked keys go back in one statement per batch (one array per column),
+# not one UPDATE per key: the statement's cost dominated the whole re-mask.
+_REMASK_UPDATE = (
+    "UPDATE customer_key AS k SET wrapped_key = v.wrapped_key, master_key_id = $1 "
+    "FROM unnest($2::varchar[], $3::varchar[], $4::bytea[]) AS v(customer_id, scope, wrapped_key) "
+    "WHERE k.customer_id = v.customer_id AND k.scope = v.scope"
+)
+
+
 async def remask(session: AsyncSession, vault: Vault, versions: dict[int, int]) -> int:
     """Re-mask every key still in these buckets under their new version; how many."""
     if not versions:
         return 0
+    keys = CustomerKey.__table__
     rows = (
         await session.execute(
-            select(CustomerKey.customer_id, CustomerKey.scope, CustomerKey.wrapped_key)
-            .where(CustomerKey.shred_bucket.in_(list(versions)))
-            .order_by(CustomerKey.customer_id, CustomerKey.scope)
+            select(keys.c.customer_id, keys.c.scope, keys.c.wrapped_key)
+            .where(keys.c.shred_bucket.in_(list(versions)))
+            .order_by(keys.c.customer_id, keys.c.scope)
             .with_for_update()
         )
     ).all()
-    changes = []
-    for customer_id, scope_name, stored in rows:
-        scope = KeyScope(scope_name)
-        data_key = vault.unwrap_customer_key(stored, customer_id, scope)
-        version = versions[bucket_of(customer_id)]
-        key_id, restored = vault.wrap_customer_key(data_key, customer_id, scope, version)
-        changes.append(
-            {
-                "customer_id": customer_id,
-                "scope": scope_name,
-                "wrapped_key": restored,
-                "master_key_id": key_id,
-            }
+    if not rows:
+        return 0
+    key_id, rewrapped = vault.remask_customer_keys(rows, versions)
+    if runs_on_driver(session):
+        await execute_on_driver(
+            session,
+            _REMASK_UPDATE,
+            [key_id, [row[0] for row in rows], [row[1] for row in rows], rewrapped],
         )
-    if changes:
-        await session.execute(update(CustomerKey), changes)
-    return len(changes)
+    else:
+        await session.execute(
+            update(CustomerKey),
+            [
+                {
+                    "customer_id": customer_id,
+                    "scope": scope,
+                    "wrapped_key": wrapped,
+                    "master_key_id": key_id,
+                }
+                for (customer_id, scope, _), wrapped in zip(rows, rewrapped, strict=True)
+            ],
+        )
+    return len(rows)
 
 
 async def sweep(session: AsyncSession, vault: Vault) -> int:

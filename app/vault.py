@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from app.crypto import DecryptionError, FieldCipher, KeyScope, MasterKey, new_data_key
@@ -158,9 +159,19 @@ class Vault:
         """What ``customer_key`` holds: the id of the newest master key (``master_key_id``) and
         its wrap of the masked data key with the shred key version (``wrapped_key``)."""
         key_id, master = self._wrapping_key()
+        return key_id, self._wrap_with(master, data_key, customer_id, scope, shred_version)
+
+    def _wrap_with(
+        self,
+        master: MasterKey,
+        data_key: bytes,
+        customer_id: str,
+        scope: KeyScope,
+        shred_version: int,
+    ) -> bytes:
         masked = self.shred_keys.mask(data_key, customer_id, scope, shred_version)
         wrapped = master.wrap(masked, customer_id=customer_id, scope=scope)
-        return key_id, with_version(wrapped, shred_version)
+        return with_version(wrapped, shred_version)
 
     def unwrap_customer_key(self, stored: bytes, customer_id: str, scope: KeyScope) -> bytes:
         """A customer's data key from what ``customer_key.wrapped_key`` holds."""
@@ -172,6 +183,21 @@ class Vault:
             return self.shred_keys.mask(masked, customer_id, scope, shred_version)
         except ShredKeyMissing as exc:
             raise DecryptionError("The shred key of this data key is gone.") from exc
+
+    def remask_customer_keys(
+        self, rows: Iterable[tuple[str, str, bytes]], versions: Mapping[int, int]
+    ) -> tuple[str, list[bytes]]:
+        """Stored customer keys (customer id, scope, ``wrapped_key``) masked again with their
+        bucket's version in ``versions`` and wrapped by the newest master key: that key's id,
+        and the new ``wrapped_key`` of each, in order."""
+        key_id, master = self._wrapping_key()  # one key for all: ``master_key_id`` is shared
+        out = []
+        for customer_id, scope_name, stored in rows:
+            scope = KeyScope(scope_name)
+            data_key = self.unwrap_customer_key(stored, customer_id, scope)
+            version = versions[bucket_of(customer_id)]
+            out.append(self._wrap_with(master, data_key, customer_id, scope, version))
+        return key_id, out
 
     def open_customer(
         self, customer_id: str, *, identity: bytes | None, profile: bytes | None

@@ -24,6 +24,7 @@ from app.keyfiles import KeyError_
 from app.keyring import master_ring_source
 from app.main import create_app
 from app.models import CustomerKey, ShredBucket
+from app.retention import purge as purge_module
 from app.shred_keys import (
     BUCKETS,
     FIRST_VERSION,
@@ -275,3 +276,40 @@ def test_buckets_a_purge_left_pending_move_on_at_the_next_purge(
     with Session(db) as session:
         pending = session.scalars(select(ShredBucket).where(ShredBucket.pending)).all()
     assert not pending
+
+
+def test_purge_moves_many_pending_buckets_on_once_each_with_several_workers(
+    make_settings: SettingsFactory,
+    db: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Buckets in more batches than one (one bucket a batch here), moved on by several
+    transactions at once on PostgreSQL: each exactly once, every key left in them re-masked."""
+    settings = make_settings()
+    monkeypatch.setattr(purge_module, "SHRED_BUCKET_BATCH", 1)
+    with TestClient(create_app(settings)) as client:
+        sales = login(client, cast.SALES)
+        neighbours = [register_customer(client, sales, seed=550 + n) for n in range(5)]
+        buckets = {bucket_of(neighbour.id) for neighbour in neighbours}
+        with db.begin() as connection:
+            for bucket in buckets:
+                connection.execute(
+                    text("UPDATE shred_bucket SET pending = true WHERE bucket = :b"), {"b": bucket}
+                )
+        code, out, err = run_cli(settings, monkeypatch, capsys, "purge")
+        assert code == 0, err
+        assert f"older copies): {len(buckets)}" in out
+        assert {_bucket_version(db, bucket) for bucket in buckets} == {FIRST_VERSION + 1}
+        versions = ShredKeys(settings.resolved_shred_keys_file).versions()
+        assert all(versions[bucket] == [FIRST_VERSION + 1] for bucket in buckets)
+        assert [_read(client, sales, neighbour) for neighbour in neighbours] == [200] * 5
+    with Session(db) as session:
+        stored = session.scalars(
+            select(CustomerKey.wrapped_key).where(
+                CustomerKey.customer_id.in_([neighbour.id for neighbour in neighbours])
+            )
+        ).all()
+        assert len(stored) == 10
+        assert {split_stored(key)[1] for key in stored} == {FIRST_VERSION + 1}
+        assert not session.scalars(select(ShredBucket).where(ShredBucket.pending)).all()

@@ -21,6 +21,7 @@ disposes of nothing twice (and on PostgreSQL an advisory lock lets one purge run
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -58,6 +59,8 @@ BATCH = 500
 CUSTOMER_BATCH = 200
 # Shred key buckets moved on per transaction at the end of a run (their other keys re-masked).
 SHRED_BUCKET_BATCH = 256
+# Such transactions at once on PostgreSQL.
+SHRED_WORKERS = 2
 # pg_try_advisory_lock key: "shopvault purge" (any constant shared by every purge).
 ADVISORY_LOCK_KEY = 0x73765F7075726765
 
@@ -218,8 +221,11 @@ async def purge(
     now: datetime,
     dry_run: bool,
     progress: Progress = _no_progress,
+    shred_workers: int = 1,
 ) -> PurgeOutcome:
-    """Apply the rules to the database's rows (the access log is pruned separately)."""
+    """Apply the rules to the database's rows (the access log is pruned separately).
+    ``shred_workers``: transactions moving shred key buckets on at once (1 on SQLite, whose
+    writers take turns)."""
     today = date_in_japan(now)
     outcome = PurgeOutcome(today=today, dry_run=dry_run)
 
@@ -316,8 +322,17 @@ async def purge(
         async def advance(uow: UnitOfWork) -> int:
             return await shredding.advance_pending(uow, vault, SHRED_BUCKET_BATCH)
 
-        while moved := await read(advance):
-            outcome.shred_buckets_advanced += moved
+        async def advancing() -> int:
+            moved = 0
+            while batch := await read(advance):
+                moved += batch
+            return moved
+
+        # Several transactions at once, each on buckets of its own: while one waits for the
+        # database to store its re-masked keys, another re-masks (Python) its next batch.
+        outcome.shred_buckets_advanced = sum(
+            await asyncio.gather(*(advancing() for _ in range(shred_workers)))
+        )
 
         async def sweep(uow: UnitOfWork) -> int:
             return await shredding.sweep(uow.session, vault)
