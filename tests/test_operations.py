@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from app import migrate
 from app.logs import configure_logging
 from tests import cast
-from tests.conftest import METRICS_HEADERS
+from tests.conftest import METRICS_HEADERS, SettingsFactory
 
 PROBLEM = "application/problem+json"
 Headers = Callable[..., dict[str, str]]
@@ -388,3 +388,19 @@ def test_shopvault_serve_answers_over_real_http_with_two_workers(
     warnings = [r for r in records if r["msg"].startswith("generated a development key")]
     assert sorted(r["key"] for r in warnings) == ["index", "jwt", "master"]
     assert any(r["msg"] == "request" and r["route"] == "/auth/me" for r in records)
+
+
+@ON_SQLITE_ONLY
+def test_what_start_up_built_is_frozen_while_serving_and_released_at_shutdown(
+    make_settings: SettingsFactory,
+) -> None:
+    """Out of the garbage collector's full passes while the app serves; given back when it stops,
+    so that an app's objects never outlive it (tests build many)."""
+    import gc
+
+    from app.main import create_app
+
+    with TestClient(create_app(make_settings())) as client:
+        assert client.get("/healthz").status_code == 200
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
