@@ -8,6 +8,7 @@ through the real audit log with the fields those features record.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -134,6 +135,48 @@ def test_bulk_read_counts_distinct_customers_within_the_period(
     client.clock.advance(minutes=11)  # type: ignore[attr-defined]
     _manager_reads(client, customers[2:])
     assert _alerts(client, RuleName.BULK_READ) == []
+
+
+def test_a_bound_taken_before_is_brought_up_to_date_with_every_process_s_events(
+    alerting: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a caller's count is known, a later look-up counts only the events since (less the
+    commit lag), not the whole period again; those of other processes included."""
+    from app.audit import alerts, auditor_repository
+
+    calls: list[tuple[datetime, datetime]] = []
+    measure = auditor_repository.measure
+
+    async def observed(session: Any, *, rule: AlertRule, **kwargs: Any) -> dict[str, int]:
+        if rule.name is RuleName.BULK_READ:
+            calls.append((kwargs["since"], kwargs["until"]))
+        return await measure(session, rule=rule, **kwargs)
+
+    monkeypatch.setattr(auditor_repository, "measure", observed)
+    first = alerting(alert_bulk_read="3/10minutes")
+    second = alerting(alert_bulk_read="3/10minutes")
+    with_clock(second, first.clock)  # type: ignore[attr-defined]
+    customers = _customers(first, 4)
+    period = timedelta(minutes=10)
+
+    _manager_reads(first, customers[:1])  # first process: one customer, counted exactly
+    drain(first)
+    (exact,) = calls
+    assert exact[1] - exact[0] == period
+    _manager_reads(second, customers[1:3])  # the other process: its own exact count, 3
+    assert _alerts(second, RuleName.BULK_READ) == []
+    calls.clear()
+
+    now = [time.monotonic() + alerts.ESTIMATE_TTL_SECONDS + 1]  # the first's bound is stale
+    monitor = first.app.state.runtime.alerts  # type: ignore[attr-defined]
+    monkeypatch.setattr(monitor.estimates, "_monotonic", lambda: now[0])
+    _manager_reads(first, customers[3:])
+    (alert,) = _alerts(first, RuleName.BULK_READ)  # 1 + the other's 2 + 1 > 3
+    assert alert["count"] == 4
+    since = calls[0][0]
+    assert since == exact[1] - alerts.COMMIT_LAG  # the events since the bound only
+    # Above the threshold that bound proves nothing: the period is counted exactly.
+    assert [end - start for start, end in calls[1:]] == [period]
 
 
 # --- off_hours -----------------------------------------------------------------------------------
@@ -423,13 +466,19 @@ def test_a_count_below_its_threshold_stands_only_for_this_process_and_only_brief
     assert rule.threshold is not None
     now = [0.0]
     estimates = Estimates(monotonic=lambda: now[0])
+    at = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
     assert not estimates.below(rule, "sales1", 1)  # never counted: ask the database
-    estimates.measured(rule, "sales1", rule.threshold - 2)
+    estimates.measured(rule, "sales1", rule.threshold - 2, at)
     assert estimates.below(rule, "sales1", 1)
     assert estimates.below(rule, "sales1", 1)  # exactly at the threshold: not above it
     assert not estimates.below(rule, "sales1", 1)  # would be above: count exactly
-    estimates.measured(rule, "sales1", 0)
+    estimates.measured(rule, "sales1", 0, at)
     now[0] += ESTIMATE_TTL_SECONDS + 0.1
     # Other processes' events of the same caller are counted at the next look-up.
     assert not estimates.below(rule, "sales1", 1)
     assert not estimates.below(rule, "sales2", 0)
+    # That look-up counts only what came since the bound (if it is within the period).
+    assert estimates.bound(rule, "sales1", at + timedelta(seconds=30)) is not None
+    assert estimates.bound(rule, "sales1", at) is None  # not before it
+    assert estimates.bound(rule, "sales1", at + rule.period) is None  # the whole period
+    assert estimates.bound(rule, "sales2", at + timedelta(seconds=30)) is None

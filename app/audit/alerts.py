@@ -48,6 +48,9 @@ STORE_HOURS_TTL_SECONDS = 60.0
 # How long a count below its threshold stands for this process's own events (``Estimates``).
 ESTIMATE_TTL_SECONDS = 5.0
 ESTIMATE_KEYS = 10_000
+# How long after its ``at`` an event may still be committed: a bound brought up to date counts
+# the events since it was taken, less this (a read's event is committed within milliseconds).
+COMMIT_LAG = timedelta(seconds=10)
 
 
 class RuleName(StrEnum):
@@ -262,15 +265,29 @@ async def on_alert_opened(session: AsyncSession, alert: Alert) -> None:
     )
 
 
+@dataclass(slots=True)
+class Bound:
+    """A key's measure is at most ``counted`` as of event time ``until`` (from the database,
+    looked up at monotonic time ``checked_at``), plus ``grown`` by this process's own events
+    since."""
+
+    counted: int
+    until: datetime
+    checked_at: float
+    grown: int = 0
+
+
 class Estimates:
     """What this process knows of each counted key's measure, so that a caller far below a
-    threshold costs no counting query per append.
+    threshold costs no counting query per append, nor a count of their whole period after.
 
     Each key's measure is taken from the database, then grown by every event of its own this
     process appends. While that upper bound stays at or below the threshold the key is not
-    counted again, for at most ``ttl`` seconds: the events of the same caller through other
-    processes are counted at the next look-up. Above the threshold, every batch is counted
-    exactly, as before.
+    looked up again, for at most ``ttl`` seconds: the events of the same caller through other
+    processes are counted at the next look-up, which counts only the events since the bound was
+    taken (less ``COMMIT_LAG``) and adds them — still a bound, since events only ever leave a
+    period. Above the threshold, or for a key not known (or known for longer than its period),
+    the whole period is counted exactly, as before.
     """
 
     def __init__(
@@ -278,24 +295,31 @@ class Estimates:
     ) -> None:
         self._ttl = ttl
         self._monotonic = monotonic
-        self._known: dict[tuple[str, str], tuple[int, float]] = {}
+        self._known: dict[tuple[str, str], Bound] = {}
 
     def below(self, rule: AlertRule, key: str, growth: int) -> bool:
         """Whether the key is surely still at or below the threshold; if so, count the growth."""
         assert rule.threshold is not None
         known = self._known.get((rule.name, key))
-        if known is None or self._monotonic() - known[1] > self._ttl:
+        if known is None or self._monotonic() - known.checked_at > self._ttl:
             return False
-        value = known[0] + growth
-        if value > rule.threshold:
+        if known.counted + known.grown + growth > rule.threshold:
             return False
-        self._known[(rule.name, key)] = (value, known[1])
+        known.grown += growth
         return True
 
-    def measured(self, rule: AlertRule, key: str, value: int) -> None:
+    def bound(self, rule: AlertRule, key: str, until: datetime) -> Bound | None:
+        """The key's bound, if counting only the events since it is taken can bring it up to
+        ``until`` (it was taken before ``until``, within the rule's period)."""
+        known = self._known.get((rule.name, key))
+        if known is None or not until - rule.period < known.until < until:
+            return None
+        return known
+
+    def measured(self, rule: AlertRule, key: str, value: int, until: datetime) -> None:
         if len(self._known) >= ESTIMATE_KEYS:
             self._known.clear()
-        self._known[(rule.name, key)] = (value, self._monotonic())
+        self._known[(rule.name, key)] = Bound(value, until, self._monotonic())
 
 
 def _growth(rule: AlertRule, events: Sequence[Mapping[str, Any]]) -> int:
@@ -345,14 +369,31 @@ async def find_hits(
             if not by_key:
                 continue
         until = max(e["at"] for keyed in by_key.values() for e in keyed)
+        exact = []
+        for key in sorted(by_key):
+            known = estimates.bound(rule, key, until) if estimates is not None else None
+            if known is None:
+                exact.append(key)
+                continue
+            added = await repository.measure(
+                session, rule=rule, keys=[key], since=known.until - COMMIT_LAG, until=until
+            )
+            value = known.counted + added.get(key, 0)
+            if value > rule.threshold:
+                exact.append(key)
+            elif estimates is not None:
+                estimates.measured(rule, key, value, until)
+        if not exact:
+            continue
         measured = await repository.measure(
-            session, rule=rule, keys=sorted(by_key), since=until - rule.period, until=until
+            session, rule=rule, keys=exact, since=until - rule.period, until=until
         )
-        for key, keyed in by_key.items():
+        for key in exact:
             value = measured.get(key, 0)
             if estimates is not None:
-                estimates.measured(rule, key, value)
+                estimates.measured(rule, key, value, until)
             if value > rule.threshold:
+                keyed = by_key[key]
                 hits.append(
                     Hit(rule, key, max(keyed, key=lambda e: e["at"]), value, _growth(rule, keyed))
                 )
