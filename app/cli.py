@@ -35,7 +35,6 @@ from app.keys import KeyError_, load_keys
 from app.logs import configure_logging
 from app.request_context import request_id_var
 from app.roles import Role
-from app.server import uvicorn_options
 
 if TYPE_CHECKING:
     from app.demo import DemoAccounts
@@ -261,15 +260,12 @@ def create_auditor_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def serve_command(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
+    from app.server import serve
 
-    # Generate missing keys now, once: worker processes forked later only read them.
+    # Generate missing keys now, once: worker processes started later only read them.
     load_keys(settings)
     log.info("serving", extra={"host": args.host, "port": args.port, "workers": args.workers})
-    uvicorn.run(
-        "app.main:app", host=args.host, port=args.port, workers=args.workers, **uvicorn_options()
-    )
-    return 0
+    return serve("app.main:app", host=args.host, port=args.port, workers=args.workers)
 
 
 # --- demo ---------------------------------------------------------------------------------------

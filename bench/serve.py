@@ -1,5 +1,6 @@
-"""Serving an app under test: uvicorn in a subprocess of its own session, on a free loopback
-port, stopped (with all its workers) when the block ends."""
+"""Serving an app under test: ``bench.serve_app`` (as ``shopvault serve`` serves) in a
+subprocess of its own session, on a free loopback port, stopped (with all its workers) when the
+block ends."""
 
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ def serve(
     command = [
         sys.executable,
         "-m",
-        "uvicorn",
+        "bench.serve_app",
         app,
         "--host",
         HOST,
@@ -124,10 +125,6 @@ def serve(
         str(port),
         "--workers",
         str(workers),
-        "--no-access-log",
-        "--no-proxy-headers",
-        "--log-level",
-        "warning",
     ]
     process = subprocess.Popen(
         command, env=child_env(env), cwd=ROOT, stdout=log, stderr=log, start_new_session=True

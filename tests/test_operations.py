@@ -3,6 +3,8 @@ ids, the body size limit, JSON logs without personal data, and a real server."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -321,10 +324,12 @@ def wait_until_up(base: str, server: subprocess.Popen[bytes], timeout: float = 6
     raise AssertionError("the server did not come up")
 
 
-def test_shopvault_serve_answers_over_real_http_with_two_workers(
-    sqlite_template: Path, tmp_path: Path
-) -> None:
-    """No keys configured: ``serve`` generates them before the workers start, so both agree."""
+@contextmanager
+def shopvault_serving(
+    sqlite_template: Path, tmp_path: Path, workers: int
+) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    """``shopvault serve`` on a free port with no keys configured (it generates them before the
+    workers start, so that they agree); its base URL, process and log; stopped at the end."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     shutil.copyfile(sqlite_template, data_dir / "shopvault.db")
@@ -333,16 +338,10 @@ def test_shopvault_serve_answers_over_real_http_with_two_workers(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "serve.log"
+    command = [str(Path(sys.executable).parent / "shopvault"), "serve", "--port", str(port)]
     with log_path.open("wb") as log_file:
         server = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "shopvault"),
-                "serve",
-                "--port",
-                str(port),
-                "--workers",
-                "2",
-            ],
+            [*command, "--workers", str(workers)],
             env=env,
             cwd=tmp_path,
             stdout=log_file,
@@ -351,30 +350,7 @@ def test_shopvault_serve_answers_over_real_http_with_two_workers(
         )
         try:
             wait_until_up(base, server)
-            docs = httpx.get(f"{base}/docs", timeout=10)
-            assert docs.status_code == 200
-            assert "https://" not in docs.text
-            for asset in ("/static-offline-docs/swagger-ui-bundle.js", "/openapi.json"):
-                assert httpx.get(f"{base}{asset}", timeout=10).status_code == 200
-
-            token = httpx.post(
-                f"{base}/auth/token",
-                data={
-                    "grant_type": "password",
-                    "username": cast.SALES.login,
-                    "password": cast.SALES.password,
-                },
-                timeout=10,
-            ).json()["access_token"]
-            # Fresh connections, spread over the workers: each accepts the other's token.
-            for _ in range(6):
-                me = httpx.get(
-                    f"{base}/auth/me",
-                    headers={"Authorization": f"Bearer {token}", "Connection": "close"},
-                    timeout=10,
-                )
-                assert me.status_code == 200, me.text
-                assert me.headers["x-request-id"]
+            yield base, server, log_path
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             try:
@@ -383,11 +359,109 @@ def test_shopvault_serve_answers_over_real_http_with_two_workers(
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
 
+
+def test_shopvault_serve_answers_over_real_http_with_two_workers(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """No keys configured: ``serve`` generates them before the workers start, so both agree."""
+    with shopvault_serving(sqlite_template, tmp_path, workers=2) as (base, _server, log_path):
+        docs = httpx.get(f"{base}/docs", timeout=10)
+        assert docs.status_code == 200
+        assert "https://" not in docs.text
+        for asset in ("/static-offline-docs/swagger-ui-bundle.js", "/openapi.json"):
+            assert httpx.get(f"{base}{asset}", timeout=10).status_code == 200
+
+        token = httpx.post(
+            f"{base}/auth/token",
+            data={
+                "grant_type": "password",
+                "username": cast.SALES.login,
+                "password": cast.SALES.password,
+            },
+            timeout=10,
+        ).json()["access_token"]
+        # Fresh connections, spread over the workers: each accepts the other's token.
+        for _ in range(6):
+            me = httpx.get(
+                f"{base}/auth/me",
+                headers={"Authorization": f"Bearer {token}", "Connection": "close"},
+                timeout=10,
+            )
+            assert me.status_code == 200, me.text
+            assert me.headers["x-request-id"]
+
     output = log_path.read_text().splitlines()
     records = [json.loads(line) for line in output]
     warnings = [r for r in records if r["msg"].startswith("generated a development key")]
     assert sorted(r["key"] for r in warnings) == ["index", "jwt", "master"]
     assert any(r["msg"] == "request" and r["route"] == "/auth/me" for r in records)
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _workers(server: int) -> list[int]:
+    """The server's worker processes (not multiprocessing's resource tracker)."""
+    return [
+        child
+        for child in _children(server)
+        if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+
+
+def _established(pid: int, port: int) -> int:
+    """How many established TCP connections to ``port`` the process holds (``/proc``)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                inodes.add(fields[9])
+    held = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            held += target.startswith("socket:[") and target[8:-1] in inodes
+    return held
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_shopvault_serve_spreads_a_burst_of_connections_over_its_workers(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """Connections opened all at once (a back office opening its pool) go to every worker, not
+    most of them to whichever woke first (uvicorn's shared socket: 29 and 3, 2 and 30, 32 and 0
+    of 32). Five bursts; with a socket per worker, one as lopsided as 5 of 32 comes once in
+    tens of thousands."""
+    with shopvault_serving(sqlite_template, tmp_path, workers=2) as (base, server, _log):
+        port = int(base.rsplit(":", 1)[1])
+
+        async def burst() -> list[int]:
+            opened = await asyncio.gather(
+                *(asyncio.open_connection("127.0.0.1", port) for _ in range(32))
+            )
+            for _reader, writer in opened:
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+            for reader, _writer in opened:
+                assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            held = [_established(worker, port) for worker in _workers(server.pid)]
+            for _reader, writer in opened:
+                writer.close()
+                await writer.wait_closed()
+            return held
+
+        bursts = [asyncio.run(burst()) for _ in range(5)]
+    assert all(len(held) == 2 and sum(held) == 32 for held in bursts), bursts
+    assert all(min(held) >= 6 for held in bursts), bursts
 
 
 @ON_SQLITE_ONLY
