@@ -21,7 +21,8 @@ The scenarios, in the order they run:
 2. ``search`` at ``--search-small`` customers — ``POST /customers/search`` by phone;
 3. ``audited_read`` against ``bare_read`` — ``GET /customers/{id}`` by ``sales`` with purpose
    ``contract`` and the customer's open visit, random customers out of ``--read-customers``,
-   both apps served by uvicorn with ``--workers`` each, ``--rounds`` alternating rounds;
+   both apps served as ``shopvault serve`` serves (a listening socket per worker, so that the
+   connections spread) with ``--workers`` each, ``--rounds`` alternating rounds;
 4. ``outbox`` — ``--messages`` queued emails, ``--outbox-workers`` ``shopvault worker``
    processes, a local SMTP sink (aiosmtpd) counting Message-IDs (``duplicates``);
 5. ``search`` at ``--search-large`` customers (the same search, the population grown in bulk);
@@ -101,7 +102,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=15.0, help="measured load per app and round")
     p.add_argument("--warmup", type=float, default=3.0, help="unmeasured load before each")
     p.add_argument("--connections", type=int, default=32, help="audited read against bare")
-    p.add_argument("--workers", type=int, default=2, help="uvicorn workers per app (PostgreSQL)")
+    p.add_argument("--workers", type=int, default=2, help="server workers per app (PostgreSQL)")
     p.add_argument("--rounds", type=int, default=2, help="audited read: alternating rounds")
     p.add_argument("--read-customers", type=int, default=100_000)
     p.add_argument("--search-small", type=int, default=10_000, help="customers")

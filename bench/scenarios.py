@@ -1,8 +1,9 @@
 """The scenarios of ``make bench``, each returning what it measured as plain data.
 
-Loads go through ``bench.load`` (a process of its own) against apps served by uvicorn
-(``bench.serve``); the commands (``shopvault worker``, ``audit verify``, ``purge``) run as the
-operator would run them, in processes of their own with the run's settings.
+Loads go through ``bench.load`` (a process of its own) against apps served by uvicorn as
+``shopvault serve`` serves them (``bench.serve``); the commands (``shopvault worker``,
+``audit verify``, ``purge``) run as the operator would run them, in processes of their own with
+the run's settings.
 """
 
 from __future__ import annotations
