@@ -265,7 +265,12 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     # Generate missing keys now, once: worker processes started later only read them.
     load_keys(settings)
     log.info("serving", extra={"host": args.host, "port": args.port, "workers": args.workers})
-    return serve("app.main:app", host=args.host, port=args.port, workers=args.workers)
+    try:
+        return serve("app.main:app", host=args.host, port=args.port, workers=args.workers)
+    except OSError as exc:
+        raise CommandRefused(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+        ) from None
 
 
 # --- demo ---------------------------------------------------------------------------------------

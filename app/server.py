@@ -52,14 +52,16 @@ def uvicorn_options() -> dict[str, Any]:
     }
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
-    """A listening socket of this process's own on ``host:port``, in the port's group of
-    ``SO_REUSEPORT`` sockets (the kernel lets only processes of the same user join it)."""
+def _listening_socket(host: str, port: int, *, shared: bool = True) -> socket.socket:
+    """A listening socket of this process's own on ``host:port``; ``shared``: in the port's
+    group of ``SO_REUSEPORT`` sockets (the kernel lets only processes of the same user join
+    it). Unshared, it fails while anything listens there (another ``shopvault serve`` too)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(BACKLOG)
     except BaseException:
@@ -68,7 +70,20 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(app: str, host: str, port: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM this worker when the serving process (``parent``) dies (Linux), even by SIGKILL:
+    no worker keeps the port without its supervisor."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent:  # it was already gone
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker(app: str, host: str, port: int, parent: int) -> None:
+    _die_with_parent(parent)
     config = uvicorn.Config(app, host=host, port=port, **uvicorn_options())
     uvicorn.Server(config).run(sockets=[_listening_socket(host, port)])
 
@@ -76,37 +91,51 @@ def _worker(app: str, host: str, port: int) -> None:
 def serve(app: str, *, host: str, port: int, workers: int) -> int:
     """Serve ``app`` (``module:attribute``) until SIGTERM or SIGINT; the exit status. With
     several workers, each listens on a socket of its own; if one of them ends by itself, the
-    others are stopped and the status is 1 (whatever supervises the service starts it again)."""
+    others are stopped and the status is 1 (whatever supervises the service starts it again).
+    Raises ``OSError`` if the port cannot be listened on."""
     if workers == 1 or port == 0 or not hasattr(socket, "SO_REUSEPORT"):
         uvicorn.run(app, host=host, port=port, workers=workers, **uvicorn_options())
         return 0
-    _listening_socket(host, port).close()  # the port is ours to take: fail here, once
+    _listening_socket(host, port, shared=False).close()  # nobody listens there: fail here, once
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_worker, args=(app, host, port), name=f"shopvault-worker-{n}")
+        context.Process(
+            target=_worker, args=(app, host, port, os.getpid()), name=f"shopvault-worker-{n}"
+        )
         for n in range(workers)
     ]
     stopping = False
 
-    def stop(_signal: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+    def terminate() -> None:
         for process in processes:
             if process.pid is not None and process.exitcode is None:
                 os.kill(process.pid, signal.SIGTERM)
 
+    def stop(_signal: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        terminate()
+
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    crashed = False
     try:
         for process in processes:
+            if stopping:
+                break
             process.start()
-        multiprocessing.connection.wait([process.sentinel for process in processes])
+            if stopping:  # asked to stop while this one was starting
+                terminate()
+        started = [process for process in processes if process.pid is not None]
+        multiprocessing.connection.wait([process.sentinel for process in started])
         if not stopping:
+            crashed = True
             print("shopvault: a worker stopped by itself; stopping the others", file=sys.stderr)
-            stop(signal.SIGTERM, None)
-            stopping = False
-        for process in processes:
-            process.join()
+            terminate()
     finally:
+        terminate()
+        for process in processes:
+            if process.pid is not None:
+                process.join()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 0 if stopping else 1
+    return 1 if crashed else 0

@@ -82,10 +82,14 @@ async def mark_pending(session: AsyncSession, customer_ids: Iterable[str]) -> No
         )
 
 
-async def advance_pending(uow: UnitOfWork, vault: Vault, limit: int) -> int:
+async def advance_pending(
+    uow: UnitOfWork, vault: Vault, limit: int, *, skip_locked: bool = False
+) -> int:
     """Move up to ``limit`` buckets marked pending to their next version, re-masking the keys
-    left in them (no commit); how many buckets. Buckets another transaction is moving on are
-    skipped, so that several can work at once (each on buckets of its own)."""
+    left in them (no commit); how many buckets. ``skip_locked``: leave the buckets another
+    transaction holds (several can then work at once, each on buckets of its own) — a caller
+    that skips must end with a pass that does not, or a bucket locked at that moment (by a
+    registration, say) stays pending."""
     buckets = list(
         (
             await uow.session.execute(
@@ -93,7 +97,7 @@ async def advance_pending(uow: UnitOfWork, vault: Vault, limit: int) -> int:
                 .where(ShredBucket.pending.is_(True))
                 .order_by(ShredBucket.bucket)
                 .limit(limit)
-                .with_for_update(skip_locked=True)
+                .with_for_update(skip_locked=skip_locked)
             )
         ).scalars()
     )

@@ -19,6 +19,7 @@ from sqlalchemy import event
 
 from app.audit.alerts import (
     ESTIMATE_TTL_SECONDS,
+    FULL_COUNT_SECONDS,
     AlertRule,
     Estimates,
     RuleName,
@@ -482,3 +483,10 @@ def test_a_count_below_its_threshold_stands_only_for_this_process_and_only_brief
     assert estimates.bound(rule, "sales1", at) is None  # not before it
     assert estimates.bound(rule, "sales1", at + rule.period) is None  # the whole period
     assert estimates.bound(rule, "sales2", at + timedelta(seconds=30)) is None
+    # Brought up to date again and again, a bound still gives way to a whole count each minute
+    # (an event committed later than the lag is counted then).
+    estimates.measured(rule, "sales1", 3, at + timedelta(seconds=30), full=False)
+    assert estimates.bound(rule, "sales1", at + timedelta(seconds=40)) is not None
+    now[0] += FULL_COUNT_SECONDS
+    estimates.measured(rule, "sales1", 4, at + timedelta(seconds=50), full=False)
+    assert estimates.bound(rule, "sales1", at + timedelta(seconds=60)) is None

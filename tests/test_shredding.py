@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import stat
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -312,4 +313,48 @@ def test_purge_moves_many_pending_buckets_on_once_each_with_several_workers(
         ).all()
         assert len(stored) == 10
         assert {split_stored(key)[1] for key in stored} == {FIRST_VERSION + 1}
+        assert not session.scalars(select(ShredBucket).where(ShredBucket.pending)).all()
+
+
+def test_purge_waits_for_a_pending_bucket_another_transaction_holds(
+    make_settings: SettingsFactory,
+    db: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The workers skip a bucket held elsewhere (a registration reads its version FOR SHARE);
+    the purge still moves it on before it ends, once that transaction has."""
+    if db.dialect.name != "postgresql":
+        pytest.skip("row locks are PostgreSQL's (SQLite's purge has one worker, which waits)")
+    settings = make_settings()
+    with TestClient(create_app(settings)) as client:
+        sales = login(client, cast.SALES)
+        neighbours = [register_customer(client, sales, seed=570 + n) for n in range(3)]
+        buckets = sorted({bucket_of(neighbour.id) for neighbour in neighbours})
+        with db.begin() as connection:
+            for bucket in buckets:
+                connection.execute(
+                    text("UPDATE shred_bucket SET pending = true WHERE bucket = :b"), {"b": bucket}
+                )
+        held = threading.Event()
+
+        def hold() -> None:
+            with db.begin() as connection:
+                connection.execute(
+                    text("SELECT version FROM shred_bucket WHERE bucket = :b FOR SHARE"),
+                    {"b": buckets[0]},
+                )
+                held.set()
+                time.sleep(1.0)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert held.wait(10)
+        code, out, err = run_cli(settings, monkeypatch, capsys, "purge")
+        holder.join()
+        assert code == 0, err
+        assert f"older copies): {len(buckets)}" in out
+        assert {_bucket_version(db, bucket) for bucket in buckets} == {FIRST_VERSION + 1}
+        assert [_read(client, sales, neighbour) for neighbour in neighbours] == [200] * 3
+    with Session(db) as session:
         assert not session.scalars(select(ShredBucket).where(ShredBucket.pending)).all()

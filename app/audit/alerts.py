@@ -51,6 +51,9 @@ ESTIMATE_KEYS = 10_000
 # How long after its ``at`` an event may still be committed: a bound brought up to date counts
 # the events since it was taken, less this (a read's event is committed within milliseconds).
 COMMIT_LAG = timedelta(seconds=10)
+# How long a bound is brought up to date before the whole period is counted again: an event
+# committed later than ``COMMIT_LAG`` (a stalled pool, a skewed clock) is counted by then.
+FULL_COUNT_SECONDS = 60.0
 
 
 class RuleName(StrEnum):
@@ -268,12 +271,13 @@ async def on_alert_opened(session: AsyncSession, alert: Alert) -> None:
 @dataclass(slots=True)
 class Bound:
     """A key's measure is at most ``counted`` as of event time ``until`` (from the database,
-    looked up at monotonic time ``checked_at``), plus ``grown`` by this process's own events
-    since."""
+    looked up at monotonic time ``checked_at``; the whole period counted at ``full_at``), plus
+    ``grown`` by this process's own events since."""
 
     counted: int
     until: datetime
     checked_at: float
+    full_at: float
     grown: int = 0
 
 
@@ -286,8 +290,8 @@ class Estimates:
     looked up again, for at most ``ttl`` seconds: the events of the same caller through other
     processes are counted at the next look-up, which counts only the events since the bound was
     taken (less ``COMMIT_LAG``) and adds them — still a bound, since events only ever leave a
-    period. Above the threshold, or for a key not known (or known for longer than its period),
-    the whole period is counted exactly, as before.
+    period. Above the threshold, for a key not known (or known for longer than its period), and
+    at least every ``FULL_COUNT_SECONDS``, the whole period is counted exactly.
     """
 
     def __init__(
@@ -314,12 +318,21 @@ class Estimates:
         known = self._known.get((rule.name, key))
         if known is None or not until - rule.period < known.until < until:
             return None
+        if self._monotonic() - known.full_at > FULL_COUNT_SECONDS:
+            return None
         return known
 
-    def measured(self, rule: AlertRule, key: str, value: int, until: datetime) -> None:
+    def measured(
+        self, rule: AlertRule, key: str, value: int, until: datetime, *, full: bool = True
+    ) -> None:
+        """The key's measure as of ``until``: the whole period counted (``full``), or a bound
+        brought up to date."""
         if len(self._known) >= ESTIMATE_KEYS:
             self._known.clear()
-        self._known[(rule.name, key)] = Bound(value, until, self._monotonic())
+        now = self._monotonic()
+        known = self._known.get((rule.name, key))
+        full_at = now if full or known is None else known.full_at
+        self._known[(rule.name, key)] = Bound(value, until, now, full_at)
 
 
 def _growth(rule: AlertRule, events: Sequence[Mapping[str, Any]]) -> int:
@@ -382,7 +395,7 @@ async def find_hits(
             if value > rule.threshold:
                 exact.append(key)
             elif estimates is not None:
-                estimates.measured(rule, key, value, until)
+                estimates.measured(rule, key, value, until, full=False)
         if not exact:
             continue
         measured = await repository.measure(

@@ -319,20 +319,25 @@ async def purge(
 
     if not dry_run:
 
-        async def advance(uow: UnitOfWork) -> int:
-            return await shredding.advance_pending(uow, vault, SHRED_BUCKET_BATCH)
+        async def advancing(skip_locked: bool) -> int:
+            async def advance(uow: UnitOfWork) -> int:
+                return await shredding.advance_pending(
+                    uow, vault, SHRED_BUCKET_BATCH, skip_locked=skip_locked
+                )
 
-        async def advancing() -> int:
             moved = 0
             while batch := await read(advance):
                 moved += batch
             return moved
 
         # Several transactions at once, each on buckets of its own: while one waits for the
-        # database to store its re-masked keys, another re-masks (Python) its next batch.
-        outcome.shred_buckets_advanced = sum(
-            await asyncio.gather(*(advancing() for _ in range(shred_workers)))
-        )
+        # database to store its re-masked keys, another re-masks (Python) its next batch. They
+        # skip buckets held by others; the last pass waits for those.
+        if shred_workers > 1:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(advancing(True)) for _ in range(shred_workers)]
+            outcome.shred_buckets_advanced = sum(task.result() for task in tasks)
+        outcome.shred_buckets_advanced += await advancing(False)
 
         async def sweep(uow: UnitOfWork) -> int:
             return await shredding.sweep(uow.session, vault)
