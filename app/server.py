@@ -130,7 +130,6 @@ def serve(app: str, *, host: str, port: int, workers: int) -> int:
         if not stopping:
             crashed = True
             print("shopvault: a worker stopped by itself; stopping the others", file=sys.stderr)
-            terminate()
     finally:
         terminate()
         for process in processes:

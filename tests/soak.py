@@ -260,7 +260,8 @@ def free_port() -> int:
         return port
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """The process's children (``/proc``)."""
     found = []
     for task in Path(f"/proc/{pid}/task").glob("*/children"):
         found += [int(child) for child in task.read_text().split()]
@@ -277,7 +278,7 @@ def _rss(pid: int) -> int:
 def workers_rss(server: int) -> int:
     """The resident size of the server's worker processes (uvicorn's children), summed."""
     total = 0
-    for child in _children(server):
+    for child in children(server):
         try:
             total += _rss(child)
         except OSError:

@@ -28,6 +28,7 @@ from app import migrate
 from app.logs import configure_logging
 from tests import cast
 from tests.conftest import METRICS_HEADERS, SettingsFactory
+from tests.soak import children
 
 PROBLEM = "application/problem+json"
 Headers = Callable[..., dict[str, str]]
@@ -397,23 +398,11 @@ def test_shopvault_serve_answers_over_real_http_with_two_workers(
     assert any(r["msg"] == "request" and r["route"] == "/auth/me" for r in records)
 
 
-def _children(pid: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
-
-
 def _workers(server: int) -> list[int]:
     """The server's worker processes (not multiprocessing's resource tracker)."""
     return [
         child
-        for child in _children(server)
+        for child in children(server)
         if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes()
     ]
 
