@@ -13,6 +13,7 @@ Blob layout (both kinds): one format-version byte, the 12-byte nonce, then ciphe
 
 from __future__ import annotations
 
+import functools
 import os
 from enum import StrEnum
 
@@ -46,15 +47,23 @@ def new_data_key() -> bytes:
     return os.urandom(DATA_KEY_BYTES)
 
 
-def _aad(label: bytes, *parts: str) -> bytes:
+def _aad_part(part: str) -> bytes:
     # Length-prefixed, so that ("ab", "c") and ("a", "bc") never share associated data.
-    out = bytearray(_VERSION_PREFIX + label)
-    for part in parts:
-        raw = part.encode("utf-8")
-        if len(raw) > _MAX_AAD_PART:
-            raise ValueError("An associated-data part is too long.")
-        out += len(raw).to_bytes(2, "big") + raw
-    return bytes(out)
+    raw = part.encode("utf-8")
+    if len(raw) > _MAX_AAD_PART:
+        raise ValueError("An associated-data part is too long.")
+    return len(raw).to_bytes(2, "big") + raw
+
+
+@functools.cache
+def _aad_head(label: bytes, *parts: str) -> bytes:
+    """The associated data's fixed start: the label and the names (table, column), never a
+    value; each field read only adds its row's id."""
+    return _VERSION_PREFIX + label + b"".join(_aad_part(part) for part in parts)
+
+
+def _aad(label: bytes, *parts: str) -> bytes:
+    return _VERSION_PREFIX + label + b"".join(_aad_part(part) for part in parts)
 
 
 def _seal(aead: AESGCM, plaintext: bytes, aad: bytes) -> bytes:
@@ -109,10 +118,11 @@ class FieldCipher:
         return "FieldCipher(<redacted>)"
 
     def encrypt(self, plaintext: str, *, table: str, column: str, row_id: str) -> bytes:
-        return _seal(self._aead, plaintext.encode("utf-8"), _aad(b"field", table, column, row_id))
+        aad = _aad_head(b"field", table, column) + _aad_part(row_id)
+        return _seal(self._aead, plaintext.encode("utf-8"), aad)
 
     def decrypt(self, blob: bytes, *, table: str, column: str, row_id: str) -> str:
-        raw = _open(self._aead, blob, _aad(b"field", table, column, row_id))
+        raw = _open(self._aead, blob, _aad_head(b"field", table, column) + _aad_part(row_id))
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from sqlalchemy import Engine, create_engine, event
@@ -273,6 +273,125 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+class SnapshotReads:
+    """A few asyncpg connections of this process's own, for statements that need no
+    transaction: one statement, one snapshot (a read-only request's access query).
+
+    No session, no checkout through SQLAlchemy's pool and no reset on return: a connection
+    comes back from a statement that completed exactly as it went out (outside any
+    transaction), so it is handed straight to the next. One whose statement did not complete
+    (a lost connection, a cancelled request) is closed, never reused. At most ``size`` are open;
+    a statement beyond them waits for one, first come first served."""
+
+    def __init__(self, url: str, size: int) -> None:
+        parsed = make_url(url)
+        self._dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.size = size
+        self._opened = 0
+        self._idle: list[asyncpg.Connection] = []
+        self._waiters: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
+        self._closed = False
+
+    @property
+    def open_connections(self) -> int:
+        return self._opened
+
+    async def fetch(self, sql: str, args: Sequence[Any]) -> list[asyncpg.Record]:
+        """The rows of one statement; errors mean what the session's would
+        (``DatabaseUnavailable``)."""
+        connection = await self._acquire(sql)
+        try:
+            rows: list[asyncpg.Record] = await connection.fetch(sql, *args)
+        except BaseException as exc:
+            plain = isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, _DISCONNECTS)
+            if plain and not connection.is_closed():
+                self._release(connection)
+            else:
+                self._discard(connection)
+            if isinstance(exc, _DISCONNECTS):
+                # As SQLAlchemy's pool does on a disconnect: the server (or the network) that
+                # dropped this one most likely dropped the idle ones too.
+                while self._idle:
+                    self._discard(self._idle.pop())
+            if isinstance(exc, (asyncpg.PostgresError, *_DISCONNECTS)):
+                raise OperationalError(sql, None, exc) from exc
+            raise
+        self._release(connection)
+        return rows
+
+    async def _acquire(self, sql: str) -> asyncpg.Connection:
+        if self._closed:
+            raise OperationalError(sql, None, ConnectionError("the reads are closed"))
+        while self._idle:
+            idle = self._idle.pop()
+            if not idle.is_closed():
+                return idle
+            # Ended by the server while idle (a restart, a terminated backend): seen on the
+            # socket already, so not handed to a statement that would fail on it.
+            self._discard(idle)
+        if self._opened < self.size:
+            self._opened += 1
+            try:
+                connection: asyncpg.Connection = await asyncpg.connect(self._dsn)
+            except BaseException as exc:
+                self._opened -= 1
+                self._wake_one()
+                if isinstance(exc, (asyncpg.PostgresError, *_DISCONNECTS)):
+                    raise OperationalError(sql, None, exc) from exc
+                raise
+            return connection
+        waiter: asyncio.Future[asyncpg.Connection | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._waiters.append(waiter)
+        try:
+            handed = await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                # Handed over while leaving: pass it on.
+                handed_over = waiter.result()
+                if handed_over is None:
+                    self._wake_one()
+                else:
+                    self._release(handed_over)
+            raise
+        # None: a connection was closed, so one may be opened in its place.
+        return handed if handed is not None else await self._acquire(sql)
+
+    def _release(self, connection: asyncpg.Connection) -> None:
+        if self._closed:
+            self._discard(connection)
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return
+        self._idle.append(connection)
+
+    def _discard(self, connection: asyncpg.Connection) -> None:
+        connection.terminate()
+        self._opened -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            self._opened -= 1
+            try:
+                await connection.close(timeout=5)
+            except Exception:
+                connection.terminate()
+
+
 # What statements and types run on the driver are compiled for (no connection needed).
 DRIVER_DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
 
@@ -295,6 +414,22 @@ class DriverQuery:
             raise ValueError(f"expanding parameters cannot run on the driver: {expanding}")
         return cls(str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
 
+    def arguments(self, params: Mapping[str, Any]) -> list[Any]:
+        """The ``$n`` values, in order: from ``params``, else the statement's own literals."""
+        literals = self.literals
+        return [params[name] if name in params else literals[name] for name in self.names]
+
+
+class Reads(Protocol):
+    """Where a request's reads run: its session, and, on PostgreSQL before the session has
+    begun a transaction, the process's ``SnapshotReads`` (``UnitOfWork`` is one)."""
+
+    @property
+    def session(self) -> AsyncSession: ...
+
+    @property
+    def snapshot_reads(self) -> SnapshotReads | None: ...
+
 
 def runs_on_driver(session: AsyncSession) -> bool:
     """Whether ``fetch_on_driver`` can run on this session's database (PostgreSQL)."""
@@ -304,14 +439,15 @@ def runs_on_driver(session: AsyncSession) -> bool:
 async def fetch_on_driver(
     session: AsyncSession, query: DriverQuery, params: Mapping[str, Any]
 ) -> Sequence[Sequence[Any]]:
-    """Run ``query`` on the session's asyncpg connection directly: no ORM, no statement
-    building, and, when the session has not begun a transaction of its own, none at all — one
-    statement sees one snapshot, and a read that is its request's only query costs one round
-    trip instead of three (BEGIN, SELECT, ROLLBACK). Rows come as the driver gives them (no
+    """Run ``query`` on asyncpg directly: no ORM, no statement building, and, when the session
+    has not begun a transaction of its own, none at all — one statement sees one snapshot, and a
+    read that is its request's only query costs one round trip instead of three (BEGIN, SELECT,
+    ROLLBACK). Rows come as the driver gives them (no
     type processing: callers read plain columns). Database errors are raised as SQLAlchemy's,
     so they mean what they mean elsewhere (``DatabaseUnavailable``)."""
-    args = [params[name] if name in params else query.literals[name] for name in query.names]
-    rows: Sequence[Sequence[Any]] = await _on_driver(session, "fetch", query.sql, args)
+    rows: Sequence[Sequence[Any]] = await _on_driver(
+        session, "fetch", query.sql, query.arguments(params)
+    )
     return rows
 
 

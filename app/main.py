@@ -17,6 +17,7 @@ from app.audit.router import router as audit_router
 from app.auth.router import router as auth_router
 from app.config import Settings
 from app.contracts.router import router as contracts_router
+from app.customers.read_route import CustomerReadRoute
 from app.customers.router import router as customers_router
 from app.documents.router import router as documents_router
 from app.logs import configure_logging
@@ -137,6 +138,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.metrics = metrics
     install_problem_handlers(app)
+    # Innermost: the hot read is answered in front of FastAPI's router, inside the request
+    # middleware (request id, headers, metrics, log line) and CORS like every route.
+    app.add_middleware(CustomerReadRoute, runtime=runtime)
     if settings.cors_origin_list:
         # Inside the request middleware, so that preflight answers carry its headers too.
         app.add_middleware(

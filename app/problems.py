@@ -67,11 +67,24 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def failure_response(exc: BaseException) -> ProblemResponse | None:
+    """The answer to a refusal (``Problem``) or to a stored value that failed to decrypt, as
+    the app's exception handlers give it; ``None`` for anything else."""
+    if isinstance(exc, Problem):
+        if exc.status >= 500:
+            log.warning("refused", extra={"problem": exc.slug, "status": exc.status})
+        return problem_response(exc)
+    if isinstance(exc, DecryptionError):
+        log.error("stored value failed to decrypt", extra={"error": type(exc).__name__})
+        return problem_response(DataIntegrityFailure())
+    return None
+
+
 async def _on_problem(_request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, Problem)
-    if exc.status >= 500:
-        log.warning("refused", extra={"problem": exc.slug, "status": exc.status})
-    return problem_response(exc)
+    response = failure_response(exc)
+    assert response is not None
+    return response
 
 
 # Routes that take a body from callers without a token.
@@ -161,8 +174,10 @@ def _allowed_methods(request: Request) -> str:
 
 
 async def _on_decryption_failure(_request: Request, exc: Exception) -> ProblemResponse:
-    log.error("stored value failed to decrypt", extra={"error": type(exc).__name__})
-    return problem_response(DataIntegrityFailure())
+    assert isinstance(exc, DecryptionError)
+    response = failure_response(exc)
+    assert response is not None
+    return response
 
 
 async def _on_unexpected(_request: Request, exc: Exception) -> ProblemResponse:

@@ -16,6 +16,7 @@ from app.auth.tokens import TokenCodec
 from app.blind_index import BlindIndex
 from app.config import Settings
 from app.db import (
+    SnapshotReads,
     WriterQueue,
     create_read_engine,
     create_request_engine,
@@ -57,13 +58,20 @@ class Runtime:
     blind_index: BlindIndex
     proof_keys: ProofKeys
     presence_locks: PresenceLocks
+    snapshot_reads: SnapshotReads | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         keys = load_keys(settings)
         url = settings.resolved_database_url
         writers = WriterQueue() if is_sqlite(url) else None
-        engine = create_request_engine(url, pool_size=settings.db_pool_size, writers=writers)
+        # PostgreSQL: the process's connections are shared between the session pool and the
+        # snapshot reads (a read-only request's one statement), half each.
+        snapshot_reads = (
+            None if writers is not None else SnapshotReads(url, max(1, settings.db_pool_size // 2))
+        )
+        pool_size = settings.db_pool_size - (snapshot_reads.size if snapshot_reads else 0)
+        engine = create_request_engine(url, pool_size=max(1, pool_size), writers=writers)
         limits = RateLimits(settings.redis_url, key_prefix=settings.redis_key_prefix)
         sessions = session_factory(engine)
         audit_keys = AuditKeys.derive(keys.index)
@@ -108,6 +116,7 @@ class Runtime:
             blind_index=BlindIndex(keys.index),
             proof_keys=ProofKeys(keys.index),
             presence_locks=PresenceLocks(limits.storage, settings.presence_lock),
+            snapshot_reads=snapshot_reads,
         )
 
     async def drain(self) -> None:
@@ -127,4 +136,6 @@ class Runtime:
         self.integrity.dispose()
         await self.refusals.close()
         await self.read_engine.dispose()
+        if self.snapshot_reads is not None:
+            await self.snapshot_reads.close()
         await self.engine.dispose()

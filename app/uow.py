@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.events import EventDraft
 from app.audit.group_commit import GroupCommit
@@ -28,10 +29,11 @@ from app.audit.repository import AuditLog
 from app.auth import repository as auth_repository
 from app.auth.tokens import Principal
 from app.client_address import Network, client_address, limit_key
-from app.db import DatabaseUnavailable, wrote
+from app.db import DatabaseUnavailable, SnapshotReads, wrote
 from app.errors import AuditUnavailable, Problem, RateLimited, ServiceUnavailable, Unauthorized
 from app.kit.deps import RuntimeDep
 from app.request_context import current_request_id
+from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +41,24 @@ log = logging.getLogger(__name__)
 class UnitOfWork:
     def __init__(
         self,
-        session: AsyncSession,
+        session: AsyncSession | async_sessionmaker[AsyncSession],
         audit_log: AuditLog,
         *,
         refusals: RefusalSummaries | None = None,
         request: Request | None = None,
         trusted_proxies: Sequence[Network] = (),
         group_commit: GroupCommit | None = None,
+        snapshot_reads: SnapshotReads | None = None,
     ) -> None:
-        self.session = session
+        self._snapshot_reads = snapshot_reads
+        # Given a session maker, the session is made when first used (a read whose one
+        # statement runs on the snapshot reads needs none); ``close`` then closes it.
+        self._session: AsyncSession | None = None
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
+        if isinstance(session, AsyncSession):
+            self._session = session
+        else:
+            self._sessions = session
         self._audit_log = audit_log
         self._group_commit = group_commit
         self._refusals = refusals
@@ -58,6 +69,28 @@ class UnitOfWork:
         self._principal: Principal | None = None
         self._principal_verified = False
         self._after_commit: list[Callable[[], object]] = []
+
+    @property
+    def session(self) -> AsyncSession:
+        if self._session is None:
+            assert self._sessions is not None
+            self._session = self._sessions()
+        return self._session
+
+    @property
+    def snapshot_reads(self) -> SnapshotReads | None:
+        """The process's snapshot reads while this unit of work has no transaction of its own
+        (PostgreSQL): a statement that needs none runs there, and no session is made for it."""
+        session = self._session
+        if session is not None and session.in_transaction():
+            return None
+        return self._snapshot_reads
+
+    async def close(self) -> None:
+        """Close the session this unit of work made, if it made one."""
+        if self._sessions is not None and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
 
     def record(self, event: EventDraft) -> None:
         self._events.append(event)
@@ -96,7 +129,7 @@ class UnitOfWork:
     async def end_reads(self) -> None:
         """End the transaction so far, which has only read. Slow work that follows (Argon2)
         then holds no database lock: on SQLite every transaction holds the write lock."""
-        if self.session.in_transaction():
+        if self._session is not None and self._session.in_transaction():
             await self.rollback()
 
     def bind_principal(self, principal: Principal) -> None:
@@ -128,7 +161,8 @@ class UnitOfWork:
         try:
             if events and self._group_commit is not None and not await self._wrote():
                 # Only events to write: end the read, commit them with other requests' events.
-                await self.session.rollback()
+                if self._session is not None:
+                    await self._session.rollback()
                 await self._group_commit.append(drafts, request_id=request_id)
             else:
                 await self._audit_log.commit(
@@ -142,7 +176,9 @@ class UnitOfWork:
         self._committed()
 
     async def _wrote(self) -> bool:
-        session = self.session
+        session = self._session
+        if session is None:
+            return False
         if session.new or session.dirty or session.deleted:
             return True
         if not session.in_transaction():
@@ -169,36 +205,50 @@ class UnitOfWork:
 
     async def rollback(self) -> None:
         self._after_commit = []
+        session = self._session
+        if session is None:
+            return
         try:
-            await self.session.rollback()
+            await session.rollback()
         except DatabaseUnavailable:
             # The connection is gone; the transaction is gone with it.
-            await self.session.invalidate()
+            await session.invalidate()
+
+
+@asynccontextmanager
+async def request_unit_of_work(runtime: Runtime, request: Request) -> AsyncIterator[UnitOfWork]:
+    """A request's unit of work: committed when the block ends, before the answer is sent; a
+    refusal (``Problem``) raised in it commits only its own event (``UnitOfWork.fail``); a
+    database that went away becomes ``ServiceUnavailable``."""
+    uow = UnitOfWork(
+        runtime.sessions,
+        runtime.audit_log,
+        refusals=runtime.refusals,
+        request=request,
+        trusted_proxies=runtime.settings.trusted_proxy_networks,
+        group_commit=runtime.group_commit,
+        snapshot_reads=runtime.snapshot_reads,
+    )
+    try:
+        yield uow
+    except Problem as problem:
+        await uow.fail(problem)
+        raise
+    except DatabaseUnavailable as exc:
+        await uow.rollback()
+        raise ServiceUnavailable() from exc
+    except BaseException:
+        await uow.rollback()
+        raise
+    else:
+        await uow.commit()
+    finally:
+        await uow.close()
 
 
 async def unit_of_work(runtime: RuntimeDep, request: Request) -> AsyncIterator[UnitOfWork]:
-    async with runtime.sessions() as session:
-        uow = UnitOfWork(
-            session,
-            runtime.audit_log,
-            refusals=runtime.refusals,
-            request=request,
-            trusted_proxies=runtime.settings.trusted_proxy_networks,
-            group_commit=runtime.group_commit,
-        )
-        try:
-            yield uow
-        except Problem as problem:
-            await uow.fail(problem)
-            raise
-        except DatabaseUnavailable as exc:
-            await uow.rollback()
-            raise ServiceUnavailable() from exc
-        except BaseException:
-            await uow.rollback()
-            raise
-        else:
-            await uow.commit()
+    async with request_unit_of_work(runtime, request) as uow:
+        yield uow
 
 
 UnitOfWorkDep = Annotated[UnitOfWork, Depends(unit_of_work, scope="function")]

@@ -399,7 +399,8 @@ def test_the_api_pool_keeps_its_size_and_opens_no_overflow(
     make_settings: SettingsFactory, backend: str
 ) -> None:
     """A burst beyond ``SHOPVAULT_DB_POOL_SIZE`` waits for a connection: overflow connections
-    would be opened for the burst and closed after it, one new backend per request."""
+    would be opened for the burst and closed after it, one new backend per request. The size
+    is shared by the session pool and the snapshot reads, and bounds both together."""
     if backend != "postgres":
         pytest.skip("SQLite's engine has no pool of connections to a server")
     from app.runtime import Runtime
@@ -410,16 +411,27 @@ def test_the_api_pool_keeps_its_size_and_opens_no_overflow(
         runtime.engine.sync_engine, "connect", lambda conn, _record: opened.append(conn)
     )
 
+    reads = runtime.snapshot_reads
+    assert reads is not None
+    most_reads: list[int] = []
+
     async def burst() -> None:
         async def hold() -> None:
             async with runtime.engine.connect() as connection:
                 await connection.execute(text("SELECT pg_sleep(0.05)"))
 
+        async def read() -> None:
+            await reads.fetch("SELECT pg_sleep(0.05)", [])
+            most_reads.append(reads.open_connections)
+
         try:
-            await asyncio.gather(*(hold() for _ in range(9)))
-            await asyncio.gather(*(hold() for _ in range(9)))
+            for _ in range(2):
+                await asyncio.gather(*(hold() for _ in range(9)), *(read() for _ in range(9)))
         finally:
             await runtime.close()
 
     asyncio.run(burst())
-    assert len(opened) == 3
+    assert reads.size == 1
+    assert len(opened) == 2
+    assert max(most_reads) == 1
+    assert reads.open_connections == 0

@@ -1,19 +1,23 @@
 """The hot read on PostgreSQL (``load_for_access(detached=True)``): the same query run on the
-driver directly, outside any transaction, with the rows as detached copies. It must answer
-exactly what the ORM path answers — for a customer with contracts, for no such customer, for a
-visit that does not justify the access — and never hand back anything a session would save."""
+driver directly, outside any transaction (on the process's snapshot reads, or on the session's
+connection), with the rows as detached copies. It must answer exactly what the ORM path
+answers — for a customer with contracts, for no such customer, for a visit that does not
+justify the access — and never hand back anything a session would save."""
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import inspect
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.repository import AccessRow, VisitCheck, _driver_query, load_for_access
+from app.db import SnapshotReads
 from app.models import Contract, Customer
 from app.models.base import new_id, utcnow
 from app.policy import Operation, request_kinds_covering
@@ -45,6 +49,12 @@ def _plain(row: AccessRow) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Reads:
+    session: AsyncSession
+    snapshot_reads: SnapshotReads | None
+
+
 @pytest.mark.usefixtures("postgres")
 def test_the_driver_path_answers_what_the_orm_path_answers(client: TestClient) -> None:
     sales = login(client, cast.SALES)
@@ -59,28 +69,39 @@ def test_the_driver_path_answers_what_the_orm_path_answers(client: TestClient) -
     )
     wrong = VisitCheck(new_id(), principal.store_id)
 
-    async def both(customer_id: str, visit: VisitCheck) -> tuple[AccessRow, AccessRow]:
+    assert runtime.snapshot_reads is not None
+
+    async def each(customer_id: str, visit: VisitCheck) -> tuple[AccessRow, ...]:
         async with runtime.sessions() as session:
-            detached = await load_for_access(
-                session,
-                principal,
-                customer_id,
-                visit=visit,
-                now=now,
-                with_contracts=True,
-                detached=True,
-            )
-            loaded = await load_for_access(
-                session, principal, customer_id, visit=visit, now=now, with_contracts=True
-            )
-            assert detached.customer is None or detached.customer not in session
-            assert all(c not in session for c in detached.contracts)
-            return detached, loaded
+            answers = []
+            # On the snapshot reads (no session touched), on the session's own connection,
+            # and through the ORM.
+            for reads, detached in (
+                (_Reads(session, runtime.snapshot_reads), True),
+                (_Reads(session, None), True),
+                (_Reads(session, None), False),
+            ):
+                answers.append(
+                    await load_for_access(
+                        reads,
+                        principal,
+                        customer_id,
+                        visit=visit,
+                        now=now,
+                        with_contracts=True,
+                        detached=detached,
+                    )
+                )
+            for detached_row in answers[:2]:
+                assert detached_row.customer is None or detached_row.customer not in session
+                assert all(c not in session for c in detached_row.contracts)
+            return tuple(answers)
 
     for customer_id, visit in ((customer.id, good), (new_id(), good), (customer.id, wrong)):
-        detached, loaded = client.portal.call(both, customer_id, visit)  # type: ignore[union-attr]
-        assert _plain(detached) == _plain(loaded)
-    detached, _ = client.portal.call(both, customer.id, good)  # type: ignore[union-attr]
+        snapshot, on_session, loaded = client.portal.call(each, customer_id, visit)  # type: ignore[union-attr]
+        assert _plain(snapshot) == _plain(loaded)
+        assert _plain(on_session) == _plain(loaded)
+    detached, _, _ = client.portal.call(each, customer.id, good)  # type: ignore[union-attr]
     assert detached.principal_ok and detached.visit_ok
     assert detached.customer is not None and detached.customer.id == customer.id
     assert len(detached.contracts) == 2

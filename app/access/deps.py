@@ -68,6 +68,37 @@ def refusal_action(operation: Operation, request: Request) -> Action:
     return _METHOD_ACTION.get(request.method, Action.READ)
 
 
+def admit(
+    request: Request,
+    runtime: Runtime,
+    uow: UnitOfWork,
+    operation: Operation,
+    *,
+    token: str | None,
+    purpose: str | None,
+    reason: str | None,
+    visit: str | None,
+    subject_request: str | None,
+) -> AccessContext:
+    """The caller, admitted for ``operation`` by the token and the access headers, or the
+    refusal the check order gives (the role, the purpose, a visit or reason not given)."""
+    ctx = AccessContext(
+        principal=authenticate(runtime, uow, token),
+        operation=operation,
+        purpose=parse_purpose(purpose),
+        reason=parse_reason(reason),
+        visit_id=parse_visit_id(visit),
+        subject_request_id=parse_subject_request_id(subject_request),
+    )
+    permit(
+        ctx,
+        action=refusal_action(operation, request),
+        resource=route_resource(request),
+        customer_ids=asked_customer(request),
+    )
+    return ctx
+
+
 def access_to(operation: Operation) -> Callable[..., Coroutine[Any, Any, AccessContext]]:
     async def admit_access(
         request: Request,
@@ -80,21 +111,17 @@ def access_to(operation: Operation) -> Callable[..., Coroutine[Any, Any, AccessC
         subject_request: Annotated[str | None, SUBJECT_REQUEST_HEADER] = None,
     ) -> AccessContext:
         # One dependency level for the token and the headers: this runs on every access.
-        ctx = AccessContext(
-            principal=authenticate(runtime, uow, token),
-            operation=operation,
-            purpose=parse_purpose(purpose),
-            reason=parse_reason(reason),
-            visit_id=parse_visit_id(visit),
-            subject_request_id=parse_subject_request_id(subject_request),
+        return admit(
+            request,
+            runtime,
+            uow,
+            operation,
+            token=token,
+            purpose=purpose,
+            reason=reason,
+            visit=visit,
+            subject_request=subject_request,
         )
-        permit(
-            ctx,
-            action=refusal_action(operation, request),
-            resource=route_resource(request),
-            customer_ids=asked_customer(request),
-        )
-        return ctx
 
     setattr(admit_access, OPERATION_ATTRIBUTE, operation)
     return admit_access

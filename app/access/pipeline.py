@@ -121,7 +121,7 @@ async def open_customer(
     )
     contracts_too = with_contracts and bool(justified.groups & CONTRACT_GROUPS)
     row = await repository.load_for_access(
-        uow.session,
+        uow,
         ctx.principal,
         cid or "",
         visit=visit,
@@ -218,7 +218,7 @@ async def admit_registration(
     if justified.visit_id is None:
         raise denied(ctx, VisitRequired, action=action, resource=resource)
     row = await repository.load_for_access(
-        uow.session,
+        uow,
         ctx.principal,
         "",
         visit=repository.VisitCheck(

@@ -20,12 +20,11 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.repository import principal_check_clause, principal_params
 from app.auth.tokens import Principal
 from app.crypto import KeyScope
-from app.db import DriverQuery, fetch_on_driver, runs_on_driver
+from app.db import DriverQuery, Reads, fetch_on_driver, runs_on_driver
 from app.models import Contract, Customer, CustomerKey, Store, SubjectRequest, Visit
 
 
@@ -230,7 +229,7 @@ def _detached_row(rows: Sequence[Sequence[Any]], with_contracts: bool) -> Access
 
 
 async def load_for_access(
-    session: AsyncSession,
+    reads: Reads,
     principal: Principal,
     customer_id: str,
     *,
@@ -246,7 +245,8 @@ async def load_for_access(
 
     ``detached``: for an operation that changes nothing — on PostgreSQL the query runs on the
     driver directly, outside any transaction when it is the request's first (one round trip,
-    no ORM), and the customer and contracts come as detached copies that are never saved."""
+    no ORM; on the process's snapshot reads, no session needed), and the customer and
+    contracts come as detached copies that are never saved."""
     shape = _shape(principal, visit, with_contracts, request)
     params = {**principal_params(principal), "c_id": customer_id}
     if request is not None and request.kinds:
@@ -255,10 +255,18 @@ async def load_for_access(
         params.update(v_id=visit.visit_id, v_store=visit.store_id, v_now=now)
         if visit.presence_since is not None:
             params["v_presence_since"] = visit.presence_since
-    if detached and runs_on_driver(session):
-        query = _driver_query(shape)
-        return _detached_row(await fetch_on_driver(session, query, params), with_contracts)
-    rows = (await session.execute(_access_statement(*shape), params)).all()
+    if detached:
+        snapshot = reads.snapshot_reads
+        if snapshot is not None:
+            query = _driver_query(shape)
+            rows = await snapshot.fetch(query.sql, query.arguments(params))
+            return _detached_row(rows, with_contracts)
+        if runs_on_driver(reads.session):
+            query = _driver_query(shape)
+            return _detached_row(
+                await fetch_on_driver(reads.session, query, params), with_contracts
+            )
+    rows = (await reads.session.execute(_access_statement(*shape), params)).all()
     first = rows[0]
     return AccessRow(
         principal_ok=bool(first[0]),

@@ -559,9 +559,7 @@ async def request_presence_code(
     answer = PresenceCodeAccepted(expires_in=int(PRESENCE_CODE_TTL.total_seconds()))
     sent = False
     if cid is not None:
-        row = await access_repository.load_for_access(
-            uow.session, ctx.principal, cid, visit=None, now=now
-        )
+        row = await access_repository.load_for_access(uow, ctx.principal, cid, visit=None, now=now)
         uow.principal_verified(row.principal_ok)
         customer = row.customer
         if customer is not None and customer.state == "active" and row.profile_key is not None:
