@@ -139,3 +139,25 @@ def test_purge_is_measured_or_says_why_not(results: dict[str, object]) -> None:
     else:
         assert purge["customers_due"] == 30
         assert purge["customers_per_s"] == results["purge_customers_per_s"]
+
+
+def test_sustained_loads_run_each_app_in_the_plan_order() -> None:
+    base = databases.postgres_base_url()
+    if base is None:
+        pytest.skip(f"the benchmark runs on PostgreSQL: {databases.POSTGRES_ENV} is not set")
+    plan = "RQBR"
+    argv = ["--customers", "60", "--plan", plan, "--seconds", "0.6", "--warmup", "0"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.sustained", *argv, "--connections", "4", "--workers", "1"],
+        cwd=ROOT,
+        env={**os.environ, "SHOPVAULT_BENCH_POSTGRES_URL": base},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line[:4].strip().isdigit()]
+    names = {"R": "real-read", "Q": "quiet-read", "B": "bare-read"}
+    assert [row[1] for row in rows] == [names[letter] for letter in plan]
+    assert all(float(row[2]) > 0 for row in rows)
