@@ -273,6 +273,11 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+# How long a statement waits for one of the snapshot reads' connections (SQLAlchemy's pool
+# waits as long for one of its own).
+SNAPSHOT_WAIT_SECONDS = 30.0
+
+
 class SnapshotReads:
     """A few asyncpg connections of this process's own, for statements that need no
     transaction: one statement, one snapshot (a read-only request's access query).
@@ -347,8 +352,9 @@ class SnapshotReads:
         )
         self._waiters.append(waiter)
         try:
-            handed = await waiter
-        except BaseException:
+            async with asyncio.timeout(SNAPSHOT_WAIT_SECONDS):
+                handed = await waiter
+        except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
                 # Handed over while leaving: pass it on.
                 handed_over = waiter.result()
@@ -356,12 +362,15 @@ class SnapshotReads:
                     self._wake_one()
                 else:
                     self._release(handed_over)
+            if isinstance(exc, TimeoutError):
+                # As SQLAlchemy's pool gives up on a checkout: the database is unavailable.
+                raise OperationalError(sql, None, exc) from exc
             raise
         # None: a connection was closed, so one may be opened in its place.
         return handed if handed is not None else await self._acquire(sql)
 
     def _release(self, connection: asyncpg.Connection) -> None:
-        if self._closed:
+        if self._closed or connection.is_closed():
             self._discard(connection)
             return
         while self._waiters:
@@ -386,12 +395,18 @@ class SnapshotReads:
     async def close(self) -> None:
         self._closed = True
         idle, self._idle = self._idle, []
-        for connection in idle:
-            self._opened -= 1
-            try:
+        self._opened -= len(idle)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # it finds the reads closed
+        try:
+            for connection in idle:
                 await connection.close(timeout=5)
-            except Exception:
-                connection.terminate()
+        finally:
+            for connection in idle:
+                if not connection.is_closed():
+                    connection.terminate()
 
 
 # What statements and types run on the driver are compiled for (no connection needed).

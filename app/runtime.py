@@ -66,12 +66,15 @@ class Runtime:
         url = settings.resolved_database_url
         writers = WriterQueue() if is_sqlite(url) else None
         # PostgreSQL: the process's connections are shared between the session pool and the
-        # snapshot reads (a read-only request's one statement), half each.
+        # snapshot reads (a read-only request's one statement), half each; with one connection
+        # in all, the session has it (and runs that statement too).
         snapshot_reads = (
-            None if writers is not None else SnapshotReads(url, max(1, settings.db_pool_size // 2))
+            None
+            if writers is not None or settings.db_pool_size < 2
+            else SnapshotReads(url, settings.db_pool_size // 2)
         )
         pool_size = settings.db_pool_size - (snapshot_reads.size if snapshot_reads else 0)
-        engine = create_request_engine(url, pool_size=max(1, pool_size), writers=writers)
+        engine = create_request_engine(url, pool_size=pool_size, writers=writers)
         limits = RateLimits(settings.redis_url, key_prefix=settings.redis_key_prefix)
         sessions = session_factory(engine)
         audit_keys = AuditKeys.derive(keys.index)

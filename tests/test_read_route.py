@@ -250,3 +250,29 @@ def test_the_read_makes_no_session_on_postgres(
     refused = client.get(f"/customers/{customer.id}", headers=purpose(sales, "contract"))
     assert refused.status_code == 403
     assert len(made) >= 1
+
+
+def test_a_dependency_the_handler_does_not_replace_stops_the_app(settings: Settings) -> None:
+    """The handler runs what the declared route depends on; a route that depended on anything
+    more would be answered without it, so the app refuses to start that way."""
+    from fastapi import Depends, FastAPI
+    from fastapi.routing import APIRoute
+
+    from app.customers.read_route import declared_route
+
+    declared = declared_route()
+
+    async def audit_something() -> None:
+        return None
+
+    extra = APIRoute(
+        declared.path,
+        declared.endpoint,
+        methods=["GET"],
+        dependencies=[Depends(audit_something)],
+    )
+    app = create_app(settings)
+    assert isinstance(app, FastAPI)
+    with pytest.raises(LookupError):
+        CustomerReadRoute(app, runtime=app.state.runtime, route=extra)
+    CustomerReadRoute(app, runtime=app.state.runtime, route=declared)

@@ -116,3 +116,23 @@ def test_closed_reads_refuse_as_an_unavailable_database(url: str) -> None:
         return reads.open_connections
 
     assert _run(scenario()) == 0
+
+
+def test_a_statement_that_waits_too_long_for_a_connection_is_refused(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.db.SNAPSHOT_WAIT_SECONDS", 0.2)
+
+    async def scenario() -> list[object]:
+        reads = SnapshotReads(url, 1)
+        try:
+            slow = asyncio.create_task(reads.fetch("SELECT pg_sleep(1)", []))
+            await asyncio.sleep(0.1)
+            with pytest.raises(OperationalError):
+                await reads.fetch("SELECT 1", [])
+            await slow
+            return [row[0] for row in await reads.fetch("SELECT 1", [])]
+        finally:
+            await reads.close()
+
+    assert _run(scenario()) == [1]

@@ -47,12 +47,25 @@ def declared_route() -> APIRoute:
     raise LookupError(f"no GET {PATH} in the customers router")
 
 
+# What the declared route depends on, and all that this handler does in their place: a
+# dependency added there (or to the router) would be skipped here, so it stops the app instead.
+_REPLACED = frozenset({"admit_access", "runtime_of", "unit_of_work"})
+
+
+def _check_replaceable(route: APIRoute) -> None:
+    calls = {getattr(d.call, "__name__", repr(d.call)) for d in route.dependant.dependencies}
+    if route.dependencies or calls != _REPLACED:
+        raise LookupError(
+            f"GET {PATH} depends on {sorted(calls)}; its handler replaces {sorted(_REPLACED)}"
+        )
+
+
 def _customer_id(scope: Scope) -> str | None:
     """The path segment that Starlette's router would give as ``customer_id``, if this is the
     path (one non-empty segment after the prefix)."""
     path: str = scope["path"]
-    root = scope.get("root_path", "")
-    if root and path.startswith(root):
+    root = scope.get("root_path", "").rstrip("/")
+    if root and path.startswith(root + "/"):
         path = path[len(root) :]
     if not path.startswith(_PREFIX):
         return None
@@ -81,6 +94,7 @@ class CustomerReadRoute:
         self.app = app
         self.runtime = runtime
         self.route = route or declared_route()
+        _check_replaceable(self.route)
         operation = operation_of(self.route)
         if operation is None:
             raise LookupError(f"GET {PATH} declares no operation")
