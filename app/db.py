@@ -310,8 +310,7 @@ class SnapshotReads:
         try:
             rows: list[asyncpg.Record] = await connection.fetch(sql, *args)
         except BaseException as exc:
-            plain = isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, _DISCONNECTS)
-            if plain and not connection.is_closed():
+            if _reusable_after(exc, connection):
                 self._release(connection)
             else:
                 self._discard(connection)
@@ -320,8 +319,8 @@ class SnapshotReads:
                 # dropped this one most likely dropped the idle ones too.
                 while self._idle:
                     self._discard(self._idle.pop())
-            if isinstance(exc, (asyncpg.PostgresError, *_DISCONNECTS)):
-                raise OperationalError(sql, None, exc) from exc
+            if (error := _database_error(sql, exc)) is not None:
+                raise error from exc
             raise
         self._release(connection)
         return rows
@@ -343,8 +342,8 @@ class SnapshotReads:
             except BaseException as exc:
                 self._opened -= 1
                 self._wake_one()
-                if isinstance(exc, (asyncpg.PostgresError, *_DISCONNECTS)):
-                    raise OperationalError(sql, None, exc) from exc
+                if (error := _database_error(sql, exc)) is not None:
+                    raise error from exc
                 raise
             return connection
         waiter: asyncio.Future[asyncpg.Connection | None] = (
@@ -492,11 +491,24 @@ async def _on_driver(session: AsyncSession, method: str, sql: str, args: Sequenc
     try:
         return await getattr(driver, method)(sql, *args)
     except BaseException as exc:
-        # Anything but an error of the statement itself (a cancellation included) may leave the
-        # connection mid-operation.
-        plain = isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, _DISCONNECTS)
-        if not plain or driver.is_closed():
+        if not _reusable_after(exc, driver):
             await connection.invalidate()
-        if isinstance(exc, (asyncpg.PostgresError, *_DISCONNECTS)):
-            raise OperationalError(sql, None, exc) from exc
+        if (error := _database_error(sql, exc)) is not None:
+            raise error from exc
         raise
+
+
+def _reusable_after(exc: BaseException, driver: asyncpg.Connection) -> bool:
+    """Whether a connection is fit for the next statement after ``exc``: only after an error
+    of the statement itself — anything else (a cancellation included) may have left it
+    mid-operation."""
+    plain = isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, _DISCONNECTS)
+    return plain and not driver.is_closed()
+
+
+def _database_error(sql: str, exc: BaseException) -> OperationalError | None:
+    """A driver's ``exc`` as SQLAlchemy's error, if it is the database's (so that it means
+    what it means elsewhere: ``DatabaseUnavailable``); None for anything else."""
+    if isinstance(exc, (asyncpg.PostgresError, *_DISCONNECTS)):
+        return OperationalError(sql, None, exc)
+    return None
