@@ -35,7 +35,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -53,9 +52,8 @@ from bench import bulk
 from bench.bare_app import URL_ENV, create_bare_app, create_bare_tables
 from bench.measure import load
 from bench.run import DEFAULT_POSTGRES_URL, POSTGRES_ENV
-from bench.scenarios import LOAD_SETTINGS, read_target, start
-from bench.seed import ROOT, bench_database, environment, read_headers, seed_world
-from bench.serve import Target
+from bench.scenarios import bare_target, read_target, read_world, start
+from bench.seed import ROOT, read_headers
 
 OUT = ROOT / "bench" / "results"
 
@@ -244,35 +242,20 @@ def main(argv: list[str] | None = None) -> int:
     name = "profile-bare" if args.bare else "profile"
     raw = args.out / f"{name}-raw.txt"
     with ExitStack() as stack:
-        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shopvault-prof-")))
-        url = stack.enter_context(bench_database(base))
-        env = {**environment(url, scratch / "data"), **LOAD_SETTINGS}
-        world = seed_world(env)
-        customers = bulk.seed_customers(
-            env,
-            bulk.Cohort(
-                0, args.customers, world.store_id, world.sales.id, visit=True, contract=True
-            ),
-        )
-        bulk.analyze(url)
-        trips = round_trips(env, world, customers, args.requests)
+        read = read_world(stack, base, args.customers)
+        bulk.analyze(read.url)
+        trips = round_trips(read.env, read.world, read.customers, args.requests)
         print(f"bench.profile: round trips per request: {trips}")
-        target = read_target("profiled-read", world, customers)
-        server_env = env
+        target = read_target("profiled-read", read.world, read.customers)
+        server_env = read.env
         if args.bare:
-            ids = bulk.seed_bare_customers(url, len(customers))
-            target = Target(
-                "profiled-bare",
-                "bench.bare_app:app",
-                target.port,
-                target.path,
-                target.headers,
-                targets=[(b, c.visit_id or "") for b, c in zip(ids, customers, strict=True)],
+            target = bare_target(
+                "profiled-bare", read.url, target, read.customers, port=target.port
             )
-            server_env = {URL_ENV: url}
-        start(stack, scratch, target, server_env, args.workers)
+            server_env = {URL_ENV: read.url}
+        start(stack, read.scratch, target, server_env, args.workers)
         if args.warmup:
-            load(target, seconds=args.warmup, connections=args.connections, scratch=scratch)
+            load(target, seconds=args.warmup, connections=args.connections, scratch=read.scratch)
         spying = subprocess.Popen(
             [
                 spy,
@@ -292,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        measured = load(target, seconds=args.seconds, connections=args.connections, scratch=scratch)
+        measured = load(
+            target, seconds=args.seconds, connections=args.connections, scratch=read.scratch
+        )
         _, err = spying.communicate(timeout=args.seconds + 60)
         if spying.returncode != 0:
             print(err.decode(errors="replace"), file=sys.stderr)

@@ -14,6 +14,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -28,7 +29,7 @@ from bench import bulk
 from bench.bare_app import URL_ENV, create_bare_tables
 from bench.measure import Measurement, load, pooled
 from bench.outbox_sink import Sink
-from bench.seed import ROOT, World, read_headers
+from bench.seed import ROOT, World, bench_database, environment, read_headers, seed_world
 from bench.serve import Target, check_answer, child_env, free_port, serve, session_cpu_seconds
 
 # Settings of the served app for load: one member stands for a chain's staff, so the per-caller
@@ -96,6 +97,49 @@ def read_target(name: str, world: World, customers: Sequence[bulk.Seeded]) -> Ta
     return Target(name, "app.main:app", free_port(), "/customers/{0}", headers, targets=targets)
 
 
+def bare_target(
+    name: str,
+    url: str,
+    like: Target,
+    customers: Sequence[bulk.Seeded],
+    *,
+    port: int | None = None,
+) -> Target:
+    """The bare app's read under the load ``like`` is (its path and headers, the visits of
+    ``customers``), of as many customers of its own, whose tables are made and seeded here."""
+    create_bare_tables(url)
+    ids = bulk.seed_bare_customers(url, len(customers))
+    return Target(
+        name,
+        "bench.bare_app:app",
+        port or free_port(),
+        like.path,
+        like.headers,  # the same headers: it ignores them, but parses them too
+        targets=[(b, c.visit_id or "") for b, c in zip(ids, customers, strict=True)],
+    )
+
+
+@dataclass
+class ReadWorld:
+    """A fresh database seeded for the audited read: ``customers`` each within an open visit,
+    with a contract; its scratch directory and database go when the stack closes."""
+
+    scratch: Path
+    url: str
+    env: dict[str, str]
+    world: World
+    customers: list[bulk.Seeded]
+
+
+def read_world(stack: ExitStack, base_url: str, customers: int) -> ReadWorld:
+    scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shopvault-")))
+    url = stack.enter_context(bench_database(base_url))
+    env = {**environment(url, scratch / "data"), **LOAD_SETTINGS}
+    world = seed_world(env)
+    cohort = bulk.Cohort(0, customers, world.store_id, world.sales.id, visit=True, contract=True)
+    return ReadWorld(scratch, url, env, world, bulk.seed_customers(env, cohort))
+
+
 def audited_read(
     env: dict[str, str],
     world: World,
@@ -108,20 +152,11 @@ def audited_read(
 ) -> dict[str, Any]:
     """The audited read against the bare app, ``rounds`` alternating rounds, same load."""
     url = env["SHOPVAULT_DATABASE_URL"]
-    create_bare_tables(url)
-    bare_ids = bulk.seed_bare_customers(url, len(customers))
-    bulk.analyze(url)
     real = read_target("real-read", world, customers)
     quiet = read_target("real-read-no-alerts", world, customers)
     quiet.app = "bench.app_without_alerts:app"
-    bare = Target(
-        "bare-read",
-        "bench.bare_app:app",
-        free_port(),
-        "/customers/{0}",
-        real.headers,  # the same headers: it ignores them, but parses them too
-        targets=[(b, c.visit_id or "") for b, c in zip(bare_ids, customers, strict=True)],
-    )
+    bare = bare_target("bare-read", url, real, customers)
+    bulk.analyze(url)
     rows: list[tuple[str, int, Measurement]] = []
     with ExitStack() as stack:
         start(stack, scratch, real, env, workers)

@@ -17,16 +17,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from contextlib import ExitStack
-from pathlib import Path
 
 from bench import bulk
-from bench.bare_app import URL_ENV, create_bare_tables
+from bench.bare_app import URL_ENV
 from bench.run import DEFAULT_POSTGRES_URL, POSTGRES_ENV
-from bench.scenarios import LOAD_SETTINGS, Load, measured, read_target, scenario, start
-from bench.seed import bench_database, environment, seed_world
-from bench.serve import Target, free_port
+from bench.scenarios import (
+    Load,
+    bare_target,
+    measured,
+    read_target,
+    read_world,
+    scenario,
+    start,
+)
+from bench.serve import Target
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,45 +53,23 @@ def main(argv: list[str] | None = None) -> int:
     base = os.environ.get(POSTGRES_ENV) or DEFAULT_POSTGRES_URL
     how = Load(seconds=args.seconds, warmup=args.warmup, connections=args.connections)
     with ExitStack() as stack:
-        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shopvault-")))
-        url = stack.enter_context(bench_database(base))
-        env = {**environment(url, scratch / "data"), **LOAD_SETTINGS}
-        world = seed_world(env)
-        cohort = bulk.Cohort(
-            0, args.customers, world.store_id, world.sales.id, visit=True, contract=True
-        )
-        customers = bulk.seed_customers(env, cohort)
+        read = read_world(stack, base, args.customers)
         targets: dict[str, Target] = {}
-        if "B" in args.plan:
-            create_bare_tables(url)
-            bare_ids = bulk.seed_bare_customers(url, len(customers))
-        bulk.analyze(url)
         for letter in sorted(set(args.plan)):
-            if letter == "B":
-                real = read_target("real-read", world, customers)
-                target = Target(
-                    "bare-read",
-                    "bench.bare_app:app",
-                    free_port(),
-                    "/customers/{0}",
-                    real.headers,
-                    targets=[
-                        (b, c.visit_id or "") for b, c in zip(bare_ids, customers, strict=True)
-                    ],
-                )
-                start(stack, scratch, target, {URL_ENV: url}, args.workers)
-            else:
-                target = read_target(
-                    "real-read" if letter == "R" else "quiet-read", world, customers
-                )
-                if letter == "Q":
-                    target.app = "bench.app_without_alerts:app"
-                start(stack, scratch, target, env, args.workers)
+            target = read_target("real-read", read.world, read.customers)
+            if letter == "Q":
+                target.name, target.app = "quiet-read", "bench.app_without_alerts:app"
+            elif letter == "B":
+                target = bare_target("bare-read", read.url, target, read.customers)
             targets[letter] = target
+        bulk.analyze(read.url)
+        for letter, target in targets.items():
+            server_env = {URL_ENV: read.url} if letter == "B" else read.env
+            start(stack, read.scratch, target, server_env, args.workers)
         print(f"{'load':>4} {'app':<12} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/ok':>10}")
         for number, letter in enumerate(args.plan, 1):
             target = targets[letter]
-            s = scenario(measured(target, how, scratch))
+            s = scenario(measured(target, how, read.scratch))
             print(
                 f"{number:>4} {target.name:<12} {s['rps']:>8} {s['p50_ms']:>8} "
                 f"{s['p99_ms']:>8} {s['server_cpu_ms_per_ok']:>10}",

@@ -36,23 +36,29 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def _bench(module: str, *argv: str, timeout: float) -> str:
+    """Run ``python -m bench.<module>`` on the test PostgreSQL; its output, once it succeeded."""
     base = databases.postgres_base_url()
     if base is None:
         pytest.skip(f"the benchmark runs on PostgreSQL: {databases.POSTGRES_ENV} is not set")
-    out = tmp_path_factory.mktemp("bench") / "results.json"
-    argv = [arg for pair in TINY.items() for arg in pair]
     done = subprocess.run(
-        [sys.executable, "-m", "bench.run", *argv, "--out", str(out)],
+        [sys.executable, "-m", f"bench.{module}", *argv],
         cwd=ROOT,
         env={**os.environ, "SHOPVAULT_BENCH_POSTGRES_URL": base},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    argv = [arg for pair in TINY.items() for arg in pair]
+    _bench("run", *argv, "--out", str(out), timeout=600)
     data: dict[str, object] = json.loads(out.read_text())
     return data
 
@@ -142,22 +148,10 @@ def test_purge_is_measured_or_says_why_not(results: dict[str, object]) -> None:
 
 
 def test_sustained_loads_run_each_app_in_the_plan_order() -> None:
-    base = databases.postgres_base_url()
-    if base is None:
-        pytest.skip(f"the benchmark runs on PostgreSQL: {databases.POSTGRES_ENV} is not set")
     plan = "RQBR"
     argv = ["--customers", "60", "--plan", plan, "--seconds", "0.6", "--warmup", "0"]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.sustained", *argv, "--connections", "4", "--workers", "1"],
-        cwd=ROOT,
-        env={**os.environ, "SHOPVAULT_BENCH_POSTGRES_URL": base},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    rows = [line.split() for line in done.stdout.splitlines() if line[:4].strip().isdigit()]
+    out = _bench("sustained", *argv, "--connections", "4", "--workers", "1", timeout=300)
+    rows = [line.split() for line in out.splitlines() if line[:4].strip().isdigit()]
     names = {"R": "real-read", "Q": "quiet-read", "B": "bare-read"}
     assert [row[1] for row in rows] == [names[letter] for letter in plan]
     assert all(float(row[2]) > 0 for row in rows)
