@@ -63,7 +63,7 @@ def _aad_head(label: bytes, *parts: str) -> bytes:
 
 
 def _aad(label: bytes, *parts: str) -> bytes:
-    return _VERSION_PREFIX + label + b"".join(_aad_part(part) for part in parts)
+    return _aad_head(label) + b"".join(_aad_part(part) for part in parts)
 
 
 def _seal(aead: AESGCM, plaintext: bytes, aad: bytes) -> bytes:

@@ -255,17 +255,15 @@ async def load_for_access(
         params.update(v_id=visit.visit_id, v_store=visit.store_id, v_now=now)
         if visit.presence_since is not None:
             params["v_presence_since"] = visit.presence_since
-    if detached:
-        snapshot = reads.snapshot_reads
-        if snapshot is not None:
-            query = _driver_query(shape)
-            rows = await snapshot.fetch(query.sql, query.arguments(params))
-            return _detached_row(rows, with_contracts)
-        if runs_on_driver(reads.session):
-            query = _driver_query(shape)
-            return _detached_row(
-                await fetch_on_driver(reads.session, query, params), with_contracts
-            )
+    snapshot = reads.snapshot_reads
+    if detached and (snapshot is not None or runs_on_driver(reads.session)):
+        query = _driver_query(shape)
+        fetched = (
+            await fetch_on_driver(reads.session, query, params)
+            if snapshot is None
+            else await snapshot.fetch(query.sql, query.arguments(params))
+        )
+        return _detached_row(fetched, with_contracts)
     rows = (await reads.session.execute(_access_statement(*shape), params)).all()
     first = rows[0]
     return AccessRow(
