@@ -520,9 +520,9 @@ def _rotate_environment(args: argparse.Namespace, settings: Settings, keys: Keys
 def audit_verify_command(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
-    from app.audit import commands
+    from app.audit.integrity import verify_log
 
-    result = commands.verify(settings, full=args.full)
+    result = verify_log(settings, full=args.full)
     print(json.dumps(result.as_dict(), indent=2))
     return 0 if result.ok else EXIT_REFUSED
 

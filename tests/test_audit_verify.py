@@ -4,11 +4,14 @@ reported as tampered)."""
 
 from __future__ import annotations
 
+import hmac
 import os
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.orm import Session
 
@@ -16,6 +19,7 @@ from app.audit.chain import (
     GENESIS_HASH,
     HASHED_FIELDS_BY_VERSION,
     AuditKeys,
+    Sealer,
     canonical_encoding,
     seal,
 )
@@ -51,6 +55,14 @@ def _orm_events(db: Engine) -> dict[str, dict[str, Any]]:
             }
             for event in session.scalars(select(AccessEvent))
         }
+
+
+@given(key=st.binary(max_size=200), message=st.binary(max_size=3000))
+def test_the_sealer_is_hmac_sha256(key: bytes, message: bytes) -> None:
+    # Keys shorter than, as long as and longer than SHA-256's block (hashed first, per RFC 2104).
+    sealer = Sealer(key)
+    assert sealer.digest(message) == hmac.digest(key, message, "sha256")
+    assert sealer.digest(message) == sealer.digest(message)  # the padded blocks are not consumed
 
 
 def test_the_fast_encoding_is_the_canonical_one(client: TestClient, db: Engine) -> None:
@@ -246,6 +258,73 @@ def test_text_that_needs_escapes_verifies_and_an_edit_is_caught(
     result = verify_api(client, full=True)
     assert problem_names(result) == {"hash-mismatch"}
     assert {p["event_id"] for p in result["problems"]} == {ids[0], ids[4]}
+
+
+def test_the_template_takes_no_shortcut_a_seal_would_accept(
+    client: TestClient, settings: Settings, db: Engine
+) -> None:
+    """The COPY path's template quotes text as COPY prints it: a JSON list laid out otherwise
+    than SQLAlchemy writes it (same content) still verifies, and text holding a backslash and an
+    N (which COPY prints next to its NULL marker) is never read as a NULL."""
+    login(client, cast.SALES)
+    keys = _keys(settings)
+    with db.connect() as connection:
+        at = connection.execute(select(AccessEvent.at)).scalars().first()
+    base: dict[str, Any] = {
+        "seq": 1,
+        "at": at,
+        "actor": "sales1",
+        "actor_id": None,
+        "role": "sales",
+        "store": "S001",
+        "terminal": "POS-1",
+        "purpose": "contract",
+        "reason": None,
+        "action": "read",
+        "resource": "customers/x",
+        "customer_ids": ["55555555-5555-4555-8555-555555555555"],
+        "fields": ["contact", "name"],
+        "changed_fields": None,
+        "result_count": 1,
+        "outcome": "allowed",
+        "denial": None,
+        "review_required": False,
+        "request_id": "r",
+        "encoding_version": 2,
+        "presence_method": None,
+        "subject_request_id": None,
+        "count": None,
+        "prev_hash": GENESIS_HASH,
+    }
+    layout = {**base, "id": "77777777-7777-4777-8777-777777777771", "chain": "layout.1"}
+    # Sealed with a real newline, stored with a backslash and an N instead (COPY prints x\\Null):
+    # a template that took every backslash-N for a NULL marker would encode it x\nullull, which
+    # is the sealed encoding.
+    newline = {
+        **base,
+        "id": "77777777-7777-4777-8777-777777777772",
+        "chain": "newline.1",
+        "reason": "x\nullull",
+    }
+    for event in (layout, newline):
+        event["hash"] = seal(keys.chain, GENESIS_HASH, event)
+        _insert_chain(db, keys, event)
+    drop_append_only_triggers(db)
+    with db.begin() as connection:
+        connection.execute(
+            text("UPDATE access_event SET fields = :f WHERE id = :id"),
+            {"f": '[ "contact","name" ]', "id": layout["id"]},
+        )
+    result = verify_api(client, full=True)
+    assert result["ok"], result
+    with db.begin() as connection:
+        connection.execute(
+            text("UPDATE access_event SET reason = :r WHERE id = :id"),
+            {"r": "x\\Null", "id": newline["id"]},
+        )
+    result = verify_api(client, full=True)
+    assert problem_names(result) == {"hash-mismatch"}
+    assert {p["event_id"] for p in result["problems"]} == {newline["id"]}
 
 
 def test_an_edited_removed_or_added_link_is_caught(client: TestClient, db: Engine) -> None:

@@ -1,4 +1,4 @@
-"""``shopvault audit verify`` and ``shopvault audit export``: the log, checked and shipped out."""
+"""``shopvault audit export``: the log, shipped out (verification: ``integrity.verify_log``)."""
 
 from __future__ import annotations
 
@@ -7,27 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from app.audit import auditor_repository as repository
-from app.audit.chain import AuditKeys
 from app.audit.events import Action, Actor, EventDraft
-from app.audit.integrity import AuditIntegrity
 from app.audit.service import decode_cursor, encode_cursor, event_out
-from app.audit.verify import Verification
-from app.config import Settings
-from app.keys import load_keys
 from app.uow import UnitOfWork
 
 # Events are exported once they are this old: an event's time is taken just before its
 # transaction commits, so a younger event may still be joined by an older one committing late.
 EXPORT_SETTLE = timedelta(minutes=5)
 EXPORT_LIMIT = 10_000
-
-
-def verify(settings: Settings, *, full: bool) -> Verification:
-    integrity = AuditIntegrity(settings, AuditKeys.derive(load_keys(settings).index))
-    try:
-        return integrity.verify(full=full)
-    finally:
-        integrity.dispose()
 
 
 @dataclass(frozen=True)

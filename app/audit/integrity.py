@@ -42,6 +42,7 @@ from app.audit.verify import (
 )
 from app.config import Settings
 from app.db import SQLITE_BUSY_TIMEOUT_MS, WriterQueue, create_sync_engine, is_sqlite, sync_url
+from app.keys import load_keys
 from app.models import AuditCheckpoint
 from app.models.base import utcnow
 
@@ -165,6 +166,16 @@ class AuditIntegrity:
     def _store(self, checkpoint: Checkpoint) -> None:
         with self._write.begin() as connection:
             _insert_checkpoint(connection, checkpoint)
+
+
+def verify_log(settings: Settings, *, full: bool) -> Verification:
+    """``shopvault audit verify [--full]``: imports only what verification needs, since a
+    large log's verification waits for nothing else."""
+    integrity = AuditIntegrity(settings, AuditKeys.derive(load_keys(settings).index))
+    try:
+        return integrity.verify(full=full)
+    finally:
+        integrity.dispose()
 
 
 def _insert_checkpoint(connection: Connection, checkpoint: Checkpoint) -> None:

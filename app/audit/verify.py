@@ -29,7 +29,6 @@ import json
 import os
 import pickle
 import queue
-import re
 import secrets
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, text
@@ -46,6 +46,7 @@ from app.audit.chain import (
     HASHED_FIELDS_BY_VERSION,
     AuditKeys,
     seal_encoded,
+    sealer,
 )
 from app.audit.checkpoints import Fold, Head
 
@@ -278,7 +279,9 @@ def _json_list(value: Any) -> str:
         return _LIST(value)
     if value.isascii() and "\\" not in value:
         # How SQLAlchemy wrote it (json.dumps' default separators); plain names only.
-        return str(value).replace('", "', '","')
+        compact = str(value).replace('", "', '","')
+        if " " not in compact:
+            return compact
     return _LIST(json.loads(value))
 
 
@@ -383,10 +386,13 @@ def _encoded(row: Sequence[Any]) -> bytes | None:
 # the events' bare columns (text format; no per-row work for PostgreSQL beyond printing them)
 # and their customer links by a plain join (no aggregation), each read by a connection of its
 # own. Python merges them and builds each event's canonical encoding from the bytes with a
-# template: a field is quoted as it is when no byte of it needs escaping in JSON (the usual case,
-# checked once per line); a line that holds a quote, a control character or a backslash other
-# than COPY's NULL marker is decoded and encoded by ``_encoded`` from its row instead. Nothing
-# stored is trusted: every encoding is rebuilt from the columns on every verification.
+# template, each text field quoted as it is, when the line holds no quote outside its JSON lists
+# and no backslash but COPY's NULL markers (the usual case, checked once per batch). Such a line
+# can still hold what JSON escapes (a control character) or a JSON list laid out differently:
+# its template bytes are then no canonical encoding, so they cannot match the seal. A line that
+# is not that simple, or whose seal does not match, is decoded and encoded by ``_encoded`` from
+# its row, and only that encoding's seal decides. Nothing stored is trusted: every encoding is
+# rebuilt from the columns on every verification.
 
 _AT = "to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 # The text columns first, in the canonical encoding's (sorted) key order, then the rest; the
@@ -422,126 +428,57 @@ _COPY_REST = (
     "changed_fields",
 )
 _COPY_SELECT = ", ".join(
-    _AT if column == "at" else f"e.{column}" for column in (*_COPY_TEXT, *_COPY_REST)
+    _AT
+    if column == "at"
+    else "e.review_required::text"  # 'true' or 'false', as JSON writes them
+    if column == "review_required"
+    else f"e.{column}"
+    for column in (*_COPY_TEXT, *_COPY_REST)
 )
 _N_TEXT = len(_COPY_TEXT)
+_INDEX = {column: i for i, column in enumerate((*_COPY_TEXT, *_COPY_REST))}
+_I_VERSION, _I_FIELDS, _I_CHANGED = (
+    _INDEX["encoding_version"],
+    _INDEX["fields"],
+    _INDEX["changed_fields"],
+)
+_CUSTOMERS = len(_INDEX)  # the customers' list is appended to a line's fields
 _NULL = b"\\N"
 
 
-def _byte_template(version: int) -> bytes:
-    """The encoding's keys, sorted, each with a ``%b`` for its value (the version's number in
-    place)."""
-    parts = []
+def _line_template(version: int) -> tuple[bytes, Callable[[list[bytes]], tuple[bytes, ...]]]:
+    """The encoding's keys, sorted, each with a ``%b`` for its value (quoted for the text
+    columns; the version's number in place), and what picks the values from a line's fields."""
+    parts, picks = [], []
     for key in _KEYS_BY_VERSION[version]:
-        value = str(version) if key == "encoding_version" else "%b"
-        parts.append(f'"{key}":{value}')
-    return ("{" + ",".join(parts) + "}").encode()
+        if key == "encoding_version":
+            parts.append(f'"{key}":{version}')
+            continue
+        parts.append(f'"{key}":"%b"' if key in _COPY_TEXT else f'"{key}":%b')
+        picks.append(_CUSTOMERS if key == "customer_ids" else _INDEX[key])
+    return ("{" + ",".join(parts) + "}").encode(), itemgetter(*picks)
 
 
-_BYTE_TEMPLATES = {version: _byte_template(version) for version in _KEYS_BY_VERSION}
-# A control character other than COPY's tab and newline between fields, or a quote: the line is
-# encoded from its decoded row (``_encoded``), as is one whose backslashes are not all NULL
-# markers. (COPY writes a tab, a newline and a few others in data as escapes.)
-_CONTROL = bytes(c for c in range(32) if c not in (9, 10))
-_NEEDS_CARE = re.compile(rb"[\x00-\x08\x0b-\x1f]")
+_LINE_TEMPLATES = {str(version).encode(): _line_template(version) for version in _KEYS_BY_VERSION}
 
 
-def _plain_json_list(value: bytes) -> bytes | None:
-    """A stored JSON list as written by SQLAlchemy (``json.dumps``' separators) in the canonical
-    form, or None when it is not that simple (then the row is encoded by ``_encoded``)."""
-    if value == _NULL or value == b"null":  # SQL's NULL or JSON's
-        return b"null"
-    # Without a backslash no string in it holds a quote, so every '", "' is a separator.
-    compact = value.replace(b'", "', b'","')
-    if b" " in compact or not compact.startswith(b"["):
+def _plain_encoded(fields: list[bytes], customers: bytes) -> bytes | None:
+    """The canonical encoding of a COPY line whose backslashes are all NULL markers and whose
+    text columns hold no quote (None for an unknown encoding version). ``fields`` gets the
+    customers' list appended and its JSON lists compacted.
+
+    Not checked here, and not needed: a control character or a JSON list in another layout
+    than SQLAlchemy's gives bytes that no canonical encoding has, so the seal does not match and
+    the line is encoded again from its row (``_feed_copy``)."""
+    template = _LINE_TEMPLATES.get(fields[_I_VERSION])
+    if template is None:
         return None
-    return compact
-
-
-def _plain_encoded(fields: list[bytes], links: bytes) -> bytes | None:
-    """The canonical encoding of a COPY line with nothing to escape (None: not that simple)."""
-    quoted = (b'"' + b'"\t"'.join(fields[:_N_TEXT]) + b'"').replace(b'"\\N"', b"null")
-    (
-        action,
-        actor,
-        actor_id,
-        at,
-        chain,
-        denial,
-        id_,
-        outcome,
-        presence_method,
-        purpose,
-        reason,
-        request_id,
-        resource,
-        role,
-        store,
-        subject_request_id,
-        terminal,
-    ) = quoted.split(b"\t")
-    seq, count, result_count, review, version = fields[_N_TEXT : _N_TEXT + 5]
-    fields_json = _plain_json_list(fields[-2])
-    changed = _plain_json_list(fields[-1])
-    if fields_json is None or changed is None or seq == _NULL:
-        return None
-    review = b"true" if review == b"t" else b"false" if review == b"f" else b"null"
-    if result_count == _NULL:
-        result_count = b"null"
-    if version == b"2":
-        if count == _NULL:
-            count = b"null"
-        return _BYTE_TEMPLATES[2] % (
-            action,
-            actor,
-            actor_id,
-            at,
-            chain,
-            changed,
-            count,
-            links,
-            denial,
-            fields_json,
-            id_,
-            outcome,
-            presence_method,
-            purpose,
-            reason,
-            request_id,
-            resource,
-            result_count,
-            review,
-            role,
-            seq,
-            store,
-            subject_request_id,
-            terminal,
-        )
-    if version == b"1":
-        return _BYTE_TEMPLATES[1] % (
-            action,
-            actor,
-            actor_id,
-            at,
-            chain,
-            changed,
-            links,
-            denial,
-            fields_json,
-            id_,
-            outcome,
-            purpose,
-            reason,
-            request_id,
-            resource,
-            result_count,
-            review,
-            role,
-            seq,
-            store,
-            terminal,
-        )
-    return None
+    # Without a backslash no string in a list holds a quote, so every '", "' is a separator.
+    fields[_I_FIELDS] = fields[_I_FIELDS].replace(b'", "', b'","')
+    fields[_I_CHANGED] = fields[_I_CHANGED].replace(b'", "', b'","')
+    fields.append(customers)
+    text, pick = template
+    return (text % pick(fields)).replace(b'"\\N"', b"null").replace(b"\\N", b"null")
 
 
 # COPY's text format: a tab only between fields, a newline only after a row; these escapes
@@ -601,12 +538,12 @@ def _row_encoded(fields: list[bytes], links: list[str]) -> bytes | None:
         texts["reason"],
         texts["action"],
         texts["resource"],
-        _copy_text(fields[-2]),
-        _copy_text(fields[-1]),
+        _copy_text(fields[_I_FIELDS]),
+        _copy_text(fields[_I_CHANGED]),
         _copy_int(result_count),
         texts["outcome"],
         texts["denial"],
-        None if review == _NULL else review == b"t",
+        None if review == _NULL else review == b"true",
         texts["request_id"],
         _copy_int(version),
         texts["presence_method"],
@@ -650,7 +587,7 @@ def _links(raw: Any, where: str) -> Iterator[tuple[bytes, list[bytes], bool]]:
     plain = True
     for batch in _copy_lines(raw, sql):
         joined = b"".join(batch)
-        batch_plain = not (b"\\" in joined or b'"' in joined or _NEEDS_CARE.search(joined))
+        batch_plain = not (b"\\" in joined or b'"' in joined)
         for line in batch:
             event_id, customer_id = line[:-1].split(b"\t")
             if event_id != event:
@@ -659,9 +596,7 @@ def _links(raw: Any, where: str) -> Iterator[tuple[bytes, list[bytes], bool]]:
                 event, ids, plain = event_id, [], True
             ids.append(customer_id)
             if not batch_plain:
-                plain = plain and not (
-                    b"\\" in customer_id or b'"' in customer_id or _NEEDS_CARE.search(customer_id)
-                )
+                plain = plain and not (b"\\" in customer_id or b'"' in customer_id)
     if event is not None:
         yield event, ids, plain
 
@@ -685,22 +620,18 @@ def _feed_copy(
     """The events ``where`` selects (by chain and seq), read by COPY with their links (by
     ``twin``, a connection in the same snapshot), each into its chain's check."""
     sql = f"SELECT {_COPY_SELECT} FROM access_event e WHERE {where} ORDER BY e.chain, e.seq"  # noqa: S608
-    digest, tab, newline, backslash, null = hmac.digest, b"\t", b"\n", b"\\", _NULL
-    care = _NEEDS_CARE.search
-    i_chain, i_id, i_at = _COPY_TEXT.index("chain"), _COPY_TEXT.index("id"), _COPY_TEXT.index("at")
-    i_seq, i_prev, i_hash = _N_TEXT, _N_TEXT + 5, _N_TEXT + 6
+    digest, tab, newline, backslash, null = sealer(key).digest, b"\t", b"\n", b"\\", _NULL
+    i_chain, i_id, i_at = _INDEX["chain"], _INDEX["id"], _INDEX["at"]
+    i_seq, i_prev, i_hash = _INDEX["seq"], _INDEX["prev_hash"], _INDEX["hash"]
     current: _ChainCheck | None = None
     current_chain: bytes | None = None
     raw: Any = connection.connection.driver_connection
     links = _links(twin, where)
     link = next(links, None)
     for batch in _copy_lines(raw, sql):
-        # Checked once for the batch: no control character but the tabs and newlines between
-        # fields, and every backslash a NULL marker; else line by line.
+        # Checked once for the batch: every backslash a NULL marker; else line by line.
         joined = b"".join(batch)
-        batch_plain = joined.count(backslash) == joined.count(null) and len(
-            joined.translate(None, _CONTROL)
-        ) == len(joined)
+        batch_plain = joined.count(backslash) == joined.count(null)
         for line in batch:
             fields = line[:-1].split(tab)
             event_id = fields[i_id]
@@ -709,36 +640,34 @@ def _feed_copy(
             if link is not None and link[0] == event_id:
                 ids, links_plain = link[1], link[2]
                 link = next(links, None)
-            cut = len(line) - len(fields[-1]) - len(fields[-2]) - 3
-            plain = (
-                (
-                    batch_plain
-                    or (line.count(backslash) == line.count(null) and not care(line, 0, cut))
-                )
-                and line.count(b'"', 0, cut) == 0
-                and links_plain
-            )
-            encoded: bytes | None = None
-            if plain:
-                customers = b'["' + b'","'.join(ids) + b'"]' if ids else b"[]"
-                encoded = _plain_encoded(fields, customers)
-            if encoded is None:
-                encoded = _row_encoded(fields, [_copy_text(customer) or "" for customer in ids])
             chain = fields[i_chain]
             if chain != current_chain or current is None:
                 current, current_chain = checks[_copy_text(chain) or ""], chain
-            if plain:
-                at, prev_hash, stored = fields[i_at], fields[i_prev], fields[i_hash]
-                seal = prev_hash + newline + encoded if encoded and prev_hash != null else None
-                current.check(
-                    int(fields[i_seq]),
-                    event_id.decode(),
-                    at.decode(),
-                    None if prev_hash == null else prev_hash.decode(),
-                    None if stored == null else stored.decode(),
-                    seal is not None and digest(key, seal, "sha256").hex().encode() == stored,
-                )
-                continue
+            # The JSON lists are the last two fields: no quote before them.
+            cut = len(line) - len(fields[_I_FIELDS]) - len(fields[_I_CHANGED]) - 3
+            if (
+                links_plain
+                and (batch_plain or line.count(backslash) == line.count(null))
+                and line.count(b'"', 0, cut) == 0
+            ):
+                encoded = _plain_encoded(fields, b'["' + b'","'.join(ids) + b'"]' if ids else b"[]")
+                prev_hash, stored = fields[i_prev], fields[i_hash]
+                if (
+                    encoded is not None
+                    and digest(prev_hash + newline + encoded).hex().encode() == stored
+                ):
+                    current.check(
+                        int(fields[i_seq]),
+                        event_id.decode(),
+                        fields[i_at].decode(),
+                        prev_hash.decode(),
+                        stored.decode(),
+                        True,
+                    )
+                    continue
+            # Anything else, a seal that does not match included: the row decoded and encoded
+            # as the writer encodes it.
+            encoded = _row_encoded(fields, [_copy_text(customer) or "" for customer in ids])
             at_, prev_, stored_ = (_copy_field(fields[i]) for i in (i_at, i_prev, i_hash))
             current.check(
                 int(fields[i_seq]),
@@ -749,7 +678,7 @@ def _feed_copy(
                 encoded is not None
                 and prev_ is not None
                 and stored_ is not None
-                and digest(key, prev_ + newline + encoded, "sha256").hex().encode() == stored_,
+                and digest(prev_ + newline + encoded).hex().encode() == stored_,
             )
     if link is not None:
         raise RuntimeError("the links' stream is out of step with the events'")
