@@ -28,7 +28,7 @@ from app.config import Settings
 from app.keys import decode_key
 from app.main import create_app
 from app.models import AccessEvent, AccessEventCustomer, AuditChain, AuditChainRegistry
-from tests import cast
+from tests import cast, databases
 from tests.audit_helpers import drop_append_only_triggers, problem_names, verify_api
 from tests.conftest import login
 from tests.world import purpose, register_customer
@@ -487,3 +487,39 @@ def test_a_large_log_is_verified_in_several_processes(
         result = verify_api(first, full=True)
     assert problem_names(result) == {"hash-mismatch"} and result["first_bad_id"] == victim
     assert calls and all(workers >= 2 for workers in calls)
+
+
+def test_the_copy_reader_reads_every_row_and_leaves_the_connection_usable() -> None:
+    """The verifier reads COPY from libpq directly: every row in order, in batches; a stream
+    closed early or failing leaves the connection out of its COPY, ready for the next statement."""
+    base_url = databases.postgres_base_url()
+    if base_url is None:
+        pytest.skip(f"PostgreSQL tests need {databases.POSTGRES_ENV}")
+    import psycopg
+
+    from app.audit import verify as verify_module
+
+    with psycopg.connect(databases._admin_conninfo(base_url), autocommit=True) as raw:
+        count = verify_module.BATCH * 2 + 7
+        statement = f"COPY (SELECT n, 'x' || n FROM generate_series(1, {count}) n) TO STDOUT"
+        batches = list(verify_module._copied(raw.pgconn, statement))
+        assert [len(batch) for batch in batches] == [verify_module.BATCH] * 2 + [7]
+        lines = [line for batch in batches for line in batch]
+        assert lines[0] == b"1\tx1\n" and lines[-1] == f"{count}\tx{count}\n".encode()
+
+        stream = verify_module._copied(raw.pgconn, statement)
+        next(stream)
+        stream.close()  # the rest never read
+        assert raw.execute("SELECT 41 + 1").fetchone() == (42,)
+
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            list(verify_module._copied(raw.pgconn, "COPY (SELECT * FROM no_such_table) TO STDOUT"))
+        assert raw.execute("SELECT 2").fetchone() == (2,)
+        with pytest.raises(psycopg.errors.DivisionByZero):  # fails after rows were sent
+            list(
+                verify_module._copied(
+                    raw.pgconn,
+                    f"COPY (SELECT 1 / (n - {count}) FROM generate_series(1, {count}) n) TO STDOUT",
+                )
+            )
+        assert raw.execute("SELECT 3").fetchone() == (3,)

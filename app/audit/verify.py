@@ -30,6 +30,7 @@ import os
 import pickle
 import queue
 import secrets
+import selectors
 import subprocess
 import sys
 import threading
@@ -558,19 +559,76 @@ def _row_encoded(fields: list[bytes], links: list[str]) -> bytes | None:
 
 def _copy_lines(raw: Any, sql: str) -> Iterator[list[bytes]]:
     """The lines of ``COPY (sql) TO STDOUT`` on a psycopg connection, in batches read ahead."""
+    return _prefetched(lambda: _copied(raw.pgconn, f"COPY ({sql}) TO STDOUT"), "audit-verify-copy")
 
-    def copied() -> Generator[list[bytes], None, None]:
-        with raw.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT") as copy:
-            batch: list[bytes] = []
-            for line in copy:
-                batch.append(bytes(line))
+
+def _copied(pgconn: Any, statement: str) -> Generator[list[bytes], None, None]:
+    """The rows of a ``COPY … TO STDOUT``, read from libpq through psycopg's ``pq`` layer.
+
+    psycopg's own ``Copy`` runs a generator and a wait for each row: for the two streams of a
+    million events that cost more CPU than building their encodings. The connection serves
+    nothing else while the rows last; a stream closed early cancels the statement and reads
+    what is left of it, so the connection is not left in the middle of a COPY."""
+    from psycopg import errors, pq
+
+    selector = selectors.DefaultSelector()
+    selector.register(pgconn.socket, selectors.EVENT_READ)
+
+    def wait() -> None:
+        selector.select()
+        pgconn.consume_input()
+
+    def results() -> list[Any]:
+        found: list[Any] = []
+        while True:
+            while pgconn.is_busy():
+                wait()
+            result = pgconn.get_result()
+            if result is None:
+                return found
+            found.append(result)
+            if result.status == pq.ExecStatus.COPY_OUT:
+                return found
+
+    def raise_for(result: Any) -> None:
+        raise errors.error_from_result(result, encoding="utf-8")
+
+    finished = False
+    try:
+        pgconn.send_query(statement.encode())
+        started = results()
+        if not started:
+            raise RuntimeError("COPY did not start")
+        if started[-1].status != pq.ExecStatus.COPY_OUT:
+            raise_for(started[-1])
+        batch: list[bytes] = []
+        get = pgconn.get_copy_data
+        while True:
+            size, data = get(1)
+            if size > 0:
+                batch.append(bytes(data))
                 if len(batch) >= BATCH:
                     yield batch
                     batch = []
-            if batch:
-                yield batch
-
-    return _prefetched(copied, "audit-verify-copy")
+            elif size == 0:
+                wait()
+            else:
+                break
+        finished = True
+        if batch:
+            yield batch
+        for result in results():
+            if result.status != pq.ExecStatus.COMMAND_OK:
+                raise_for(result)
+    finally:
+        if not finished:
+            with contextlib.suppress(Exception):
+                pgconn.get_cancel().cancel()
+                while (size := pgconn.get_copy_data(1)[0]) >= 0:
+                    if size == 0:
+                        wait()
+                results()  # the cancellation's error, read and dropped
+        selector.close()
 
 
 def _links(raw: Any, where: str) -> Iterator[tuple[bytes, list[bytes], bool]]:
