@@ -25,7 +25,6 @@ import binascii
 import contextlib
 import fcntl
 import hashlib
-import hmac
 import logging
 import os
 import secrets
@@ -33,7 +32,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from app.crypto import DATA_KEY_BYTES, WRAPPED_KEY_BYTES, KeyScope
+from app.crypto import DATA_KEY_BYTES, WRAPPED_KEY_BYTES, HmacSha256, KeyScope
 from app.keyfiles import (
     KEY_BYTES,
     KeyError_,
@@ -86,6 +85,10 @@ def split_stored(stored: bytes) -> tuple[bytes, int | None]:
     return stored, None
 
 
+def _pad_message(customer_id: str, scope: KeyScope) -> bytes:
+    return f"shopvault/shred-pad/v1\n{customer_id}\n{scope.value}".encode()
+
+
 def _xor(left: bytes, right: bytes) -> bytes:
     if len(left) != len(right):
         raise ValueError("A mask is as long as the key it masks.")
@@ -127,6 +130,8 @@ class ShredKeys:
         self.path = path
         self.lock_path = path.with_name(path.name + ".lock")
         self._keys: dict[tuple[int, int], bytes] = {}
+        # Each key's HMAC, made when first used; emptied whenever the keys change (``_use``).
+        self._macs: dict[tuple[int, int], HmacSha256] = {}
         self._stamp: Stamp = None
         self._checked_at = 0.0
 
@@ -154,7 +159,7 @@ class ShredKeys:
         with open(self.path, encoding="utf-8") as handle:
             stamp = stamp_of(os.fstat(handle.fileno()))
             text = handle.read()
-        self._keys = _parse(text, str(self.path))
+        self._use(_parse(text, str(self.path)))
         self._stamp = stamp
         self._checked_at = time.monotonic()
 
@@ -185,16 +190,45 @@ class ShredKeys:
 
     # --- masking ------------------------------------------------------------------------------
 
+    def _use(self, keys: dict[tuple[int, int], bytes]) -> None:
+        # An HMAC's state opens as much as its key: none of a destroyed key stays behind.
+        self._keys, self._macs = keys, {}
+
+    def _mac(self, bucket: int, version: int) -> HmacSha256:
+        key = self.key(bucket, version)
+        mac = self._macs.get((bucket, version))
+        if mac is None:
+            mac = self._macs[(bucket, version)] = HmacSha256(key)
+        return mac
+
     def pad(self, customer_id: str, scope: KeyScope, version: int) -> bytes:
-        key = self.key(bucket_of(customer_id), version)
-        message = f"shopvault/shred-pad/v1\n{customer_id}\n{scope.value}".encode()
-        pad = hmac.digest(key, message, "sha256")
+        pad = self._mac(bucket_of(customer_id), version).digest(_pad_message(customer_id, scope))
         assert len(pad) == DATA_KEY_BYTES
         return pad
 
     def mask(self, data_key: bytes, customer_id: str, scope: KeyScope, version: int) -> bytes:
         """The data key masked (or a masked key unmasked: XOR is its own inverse)."""
         return _xor(data_key, self.pad(customer_id, scope, version))
+
+    def remask(
+        self,
+        masked: bytes,
+        *,
+        customer_id: str,
+        scope: KeyScope,
+        bucket: int,
+        old: int | None,
+        new: int,
+    ) -> bytes:
+        """A key of ``bucket`` masked with version ``old`` of its shred key (None: not masked),
+        masked with version ``new`` instead."""
+        if len(masked) != DATA_KEY_BYTES:
+            raise ValueError("A mask is as long as the key it masks.")
+        message = _pad_message(customer_id, scope)
+        value = int.from_bytes(masked) ^ int.from_bytes(self._mac(bucket, new).digest(message))
+        if old is not None:
+            value ^= int.from_bytes(self._mac(bucket, old).digest(message))
+        return value.to_bytes(DATA_KEY_BYTES)
 
     # --- changing the file --------------------------------------------------------------------
 
@@ -211,7 +245,8 @@ class ShredKeys:
             if keys != self._keys:
                 replace_atomically(self.path, _render(keys))
                 # Every writer holds the lock: the file is the one just written.
-                self._keys, self._stamp = keys, self._current_stamp()
+                self._use(keys)
+                self._stamp = self._current_stamp()
         finally:
             os.close(fd)
 

@@ -14,6 +14,7 @@ not the right one fails cleanly.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -191,12 +192,33 @@ class Vault:
         bucket's version in ``versions`` and wrapped by the newest master key: that key's id,
         and the new ``wrapped_key`` of each, in order."""
         key_id, master = self._wrapping_key()  # one key for all: ``master_key_id`` is shared
+        shred_keys = self.shred_keys
         out = []
         for customer_id, scope_name, stored in rows:
             scope = KeyScope(scope_name)
-            data_key = self.unwrap_customer_key(stored, customer_id, scope)
-            version = versions[bucket_of(customer_id)]
-            out.append(self._wrap_with(master, data_key, customer_id, scope, version))
+            wrapped, old = split_stored(stored)
+            bucket = bucket_of(customer_id)
+            new = versions[bucket]
+            remasked = functools.partial(
+                shred_keys.remask,
+                customer_id=customer_id,
+                scope=scope,
+                bucket=bucket,
+                old=old,
+                new=new,
+            )
+            try:
+                try:
+                    rewrapped = master.rewrap(
+                        wrapped, remasked, customer_id=customer_id, scope=scope
+                    )
+                except DecryptionError:
+                    # Wrapped by another key of the ring (before a rotation finished).
+                    masked = self._unwrap(wrapped, customer_id, scope, None)
+                    rewrapped = master.wrap(remasked(masked), customer_id=customer_id, scope=scope)
+            except ShredKeyMissing as exc:
+                raise DecryptionError("The shred key of this data key is gone.") from exc
+            out.append(with_version(rewrapped, new))
         return key_id, out
 
     def open_customer(

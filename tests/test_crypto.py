@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 
 import pytest
@@ -13,6 +14,7 @@ from app.crypto import (
     DATA_KEY_BYTES,
     DecryptionError,
     FieldCipher,
+    HmacSha256,
     KeyScope,
     MasterKey,
     new_data_key,
@@ -256,3 +258,13 @@ def test_errors_carry_no_plaintext_or_key() -> None:
     assert "山田" not in str(caught.value)
     assert key.hex() not in str(caught.value)
     assert caught.value.__cause__ is None
+
+
+@given(key=st.binary(max_size=200), message=st.binary(max_size=3000))
+def test_hmac_sha256_with_its_key_blocks_hashed_once_is_hmac_sha256(
+    key: bytes, message: bytes
+) -> None:
+    # Keys shorter than, as long as and longer than SHA-256's block (hashed first, per RFC 2104).
+    mac = HmacSha256(key)
+    assert mac.digest(message) == hmac.digest(key, message, "sha256")
+    assert mac.digest(message) == mac.digest(message)  # the key's blocks are not consumed

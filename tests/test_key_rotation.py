@@ -304,6 +304,14 @@ def test_the_database_refuses_data_keys_under_a_retired_master_key(
     for statement in statements:
         with pytest.raises(IntegrityError, match="retired master key"), db.begin() as connection:
             connection.execute(text(statement), {"blob": b"x" * 61, "customer": customer.id})
+    # One row of many is enough for the whole statement to be refused.
+    with pytest.raises(IntegrityError, match="retired master key"), db.begin() as connection:
+        connection.execute(
+            text(
+                "UPDATE customer_key SET master_key_id = CASE scope WHEN 'profile' "
+                "THEN '0123456789abcdef' ELSE 'fedcba9876543210' END"
+            )
+        )
     # Another key id is fine: the trigger is about retired keys only.
     with db.begin() as connection:
         connection.execute(

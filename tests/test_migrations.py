@@ -87,3 +87,27 @@ def test_migrated_schema_matches_the_models(empty_database_url: str) -> None:
 
 def test_one_head() -> None:
     assert len(migrate.head_revisions()) == 1
+
+
+def test_customer_keys_leave_room_on_their_pages_for_re_masked_versions(
+    empty_database_url: str, backend: str
+) -> None:
+    """A purge updates every key of the buckets it touched: on PostgreSQL each page keeps room
+    for its rows' new versions (no index entry per update), and after a downgrade it does not."""
+    if backend != "postgres":
+        pytest.skip("fillfactor is PostgreSQL's")
+    from sqlalchemy import text
+
+    def options() -> list[str]:
+        engine = create_sync_engine(empty_database_url)
+        try:
+            with engine.connect() as connection:
+                statement = text("SELECT reloptions FROM pg_class WHERE relname = 'customer_key'")
+                return list(connection.execute(statement).scalar_one() or [])
+        finally:
+            engine.dispose()
+
+    migrate.upgrade(empty_database_url)
+    assert options() == ["fillfactor=75"]
+    migrate.downgrade(empty_database_url, "0014")
+    assert options() == []

@@ -109,7 +109,14 @@ def test_the_shred_key_file(tmp_path: Path) -> None:
     writer.ensure({bucket: FIRST_VERSION + 1})
     moved = reader.mask(data_key, "c-1", KeyScope.PROFILE, FIRST_VERSION + 1)  # read again
     assert moved != masked
+    # Re-masking (a purge's): from one version to the next, or from no mask at all.
+    remask = {"customer_id": "c-1", "scope": KeyScope.PROFILE, "bucket": bucket}
+    assert writer.remask(masked, old=FIRST_VERSION, new=FIRST_VERSION + 1, **remask) == moved
+    assert writer.remask(data_key, old=None, new=FIRST_VERSION + 1, **remask) == moved
     assert writer.destroy_below({bucket: FIRST_VERSION + 1}) == 1
+    with pytest.raises(ShredKeyMissing):  # the writer had used that version: nothing of it stays
+        writer.mask(masked, "c-1", KeyScope.PROFILE, FIRST_VERSION)
+    assert all(version > FIRST_VERSION for b, version in writer._macs if b == bucket)
     assert reader.versions()[bucket] == [FIRST_VERSION + 1]
     with pytest.raises(ShredKeyMissing):
         reader.mask(masked, "c-1", KeyScope.PROFILE, FIRST_VERSION)
