@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from app.crypto import DATA_KEY_BYTES, WRAPPED_KEY_BYTES, HmacSha256, KeyScope
+from app.crypto import DATA_KEY_BYTES, WRAPPED_KEY_BYTES, HmacSha256, KeyScope, xor
 from app.keyfiles import (
     KEY_BYTES,
     KeyError_,
@@ -87,12 +87,6 @@ def split_stored(stored: bytes) -> tuple[bytes, int | None]:
 
 def _pad_message(customer_id: str, scope: KeyScope) -> bytes:
     return f"shopvault/shred-pad/v1\n{customer_id}\n{scope.value}".encode()
-
-
-def _xor(left: bytes, right: bytes) -> bytes:
-    if len(left) != len(right):
-        raise ValueError("A mask is as long as the key it masks.")
-    return (int.from_bytes(left) ^ int.from_bytes(right)).to_bytes(len(left))
 
 
 def _parse(text: str, where: str) -> dict[tuple[int, int], bytes]:
@@ -208,27 +202,18 @@ class ShredKeys:
 
     def mask(self, data_key: bytes, customer_id: str, scope: KeyScope, version: int) -> bytes:
         """The data key masked (or a masked key unmasked: XOR is its own inverse)."""
-        return _xor(data_key, self.pad(customer_id, scope, version))
+        return xor(data_key, self.pad(customer_id, scope, version))
 
-    def remask(
-        self,
-        masked: bytes,
-        *,
-        customer_id: str,
-        scope: KeyScope,
-        bucket: int,
-        old: int | None,
-        new: int,
+    def repad(
+        self, customer_id: str, scope: KeyScope, bucket: int, old: int | None, new: int
     ) -> bytes:
-        """A key of ``bucket`` masked with version ``old`` of its shred key (None: not masked),
-        masked with version ``new`` instead."""
-        if len(masked) != DATA_KEY_BYTES:
-            raise ValueError("A mask is as long as the key it masks.")
+        """What turns a key of ``bucket`` masked with version ``old`` of its shred key (None:
+        not masked) into the key masked with version ``new``: the XOR of both pads."""
         message = _pad_message(customer_id, scope)
-        value = int.from_bytes(masked) ^ int.from_bytes(self._mac(bucket, new).digest(message))
-        if old is not None:
-            value ^= int.from_bytes(self._mac(bucket, old).digest(message))
-        return value.to_bytes(DATA_KEY_BYTES)
+        pad = self._mac(bucket, new).digest(message)
+        if old is None:
+            return pad
+        return xor(pad, self._mac(bucket, old).digest(message))
 
     # --- changing the file --------------------------------------------------------------------
 

@@ -22,12 +22,13 @@ moves each marked bucket on once, at the end of the run (or of the next one).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ARRAY, ColumnElement, Integer, Select, any_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import execute_on_driver, runs_on_driver
+from app.db import DriverQuery, execute_on_driver, fetch_on_driver, runs_on_driver
 from app.models import CustomerKey, ShredBucket
 from app.shred_keys import bucket_of
 from app.uow import UnitOfWork
@@ -106,6 +107,26 @@ async def advance_pending(
     return len(buckets)
 
 
+_KEYS = CustomerKey.__table__
+
+
+def _keys_where(condition: ColumnElement[bool]) -> Select[Any]:
+    """The keys of some buckets, locked (in one order, so that two workers never deadlock)."""
+    keys = _KEYS
+    return (
+        select(keys.c.customer_id, keys.c.scope, keys.c.wrapped_key)
+        .where(condition)
+        .order_by(keys.c.customer_id, keys.c.scope)
+        .with_for_update()
+    )
+
+
+# On PostgreSQL the batch's keys are read on the driver (one array of buckets, no IN list to
+# build, no result processing: a purge reads every key of every bucket it touched).
+_REMASK_SELECT = DriverQuery.compile(
+    _keys_where(_KEYS.c.shred_bucket == any_(bindparam("buckets", type_=ARRAY(Integer))))
+)
+
 # On PostgreSQL the re-masked keys go back in one statement per batch (one array per column),
 # not one UPDATE per key: the statement's cost dominated the whole re-mask. The buckets' condition
 # is redundant but lets the join hash the batch's rows (an index scan) rather than the whole table
@@ -122,15 +143,14 @@ async def remask(session: AsyncSession, vault: Vault, versions: dict[int, int]) 
     """Re-mask every key still in these buckets under their new version; how many."""
     if not versions:
         return 0
-    keys = CustomerKey.__table__
-    rows = (
-        await session.execute(
-            select(keys.c.customer_id, keys.c.scope, keys.c.wrapped_key)
-            .where(keys.c.shred_bucket.in_(list(versions)))
-            .order_by(keys.c.customer_id, keys.c.scope)
-            .with_for_update()
-        )
-    ).all()
+    rows: Sequence[tuple[str, str, bytes]]
+    if runs_on_driver(session):
+        fetched = await fetch_on_driver(session, _REMASK_SELECT, {"buckets": list(versions)})
+        rows = [(customer_id, scope, key) for customer_id, scope, key in fetched]
+    else:
+        condition = _KEYS.c.shred_bucket.in_(list(versions))
+        selected = await session.execute(_keys_where(condition))
+        rows = [(row[0], row[1], row[2]) for row in selected.all()]
     if not rows:
         return 0
     key_id, rewrapped = vault.remask_customer_keys(rows, versions)

@@ -14,13 +14,12 @@ not the right one fails cleanly.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from app.crypto import DecryptionError, FieldCipher, KeyScope, MasterKey, new_data_key
+from app.crypto import DecryptionError, FieldCipher, KeyScope, MasterKey, new_data_key, xor
 from app.keyfiles import KeyError_, Stamp
 from app.keyring import FixedRing, MasterKeyRing, RingSource, master_key_id
 from app.models import CustomerKey, ServiceKey
@@ -193,31 +192,23 @@ class Vault:
         and the new ``wrapped_key`` of each, in order."""
         key_id, master = self._wrapping_key()  # one key for all: ``master_key_id`` is shared
         shred_keys = self.shred_keys
+        scopes = {scope.value: scope for scope in KeyScope}
         out = []
         for customer_id, scope_name, stored in rows:
-            scope = KeyScope(scope_name)
+            scope = scopes[scope_name]
             wrapped, old = split_stored(stored)
             bucket = bucket_of(customer_id)
             new = versions[bucket]
-            remasked = functools.partial(
-                shred_keys.remask,
-                customer_id=customer_id,
-                scope=scope,
-                bucket=bucket,
-                old=old,
-                new=new,
-            )
             try:
-                try:
-                    rewrapped = master.rewrap(
-                        wrapped, remasked, customer_id=customer_id, scope=scope
-                    )
-                except DecryptionError:
-                    # Wrapped by another key of the ring (before a rotation finished).
-                    masked = self._unwrap(wrapped, customer_id, scope, None)
-                    rewrapped = master.wrap(remasked(masked), customer_id=customer_id, scope=scope)
+                pad = shred_keys.repad(customer_id, scope, bucket, old, new)
             except ShredKeyMissing as exc:
                 raise DecryptionError("The shred key of this data key is gone.") from exc
+            try:
+                rewrapped = master.remask(wrapped, pad, customer_id=customer_id, scope=scope)
+            except DecryptionError:
+                # Wrapped by another key of the ring (before a rotation finished).
+                masked = self._unwrap(wrapped, customer_id, scope, None)
+                rewrapped = master.wrap(xor(masked, pad), customer_id=customer_id, scope=scope)
             out.append(with_version(rewrapped, new))
         return key_id, out
 

@@ -17,7 +17,10 @@ from app.crypto import (
     HmacSha256,
     KeyScope,
     MasterKey,
+    _aad,
+    _key_aad,
     new_data_key,
+    xor,
 )
 
 keys = st.binary(min_size=32, max_size=32)
@@ -268,3 +271,21 @@ def test_hmac_sha256_with_its_key_blocks_hashed_once_is_hmac_sha256(
     mac = HmacSha256(key)
     assert mac.digest(message) == hmac.digest(key, message, "sha256")
     assert mac.digest(message) == mac.digest(message)  # the key's blocks are not consumed
+
+
+@given(key=keys, data_key=keys, mask=keys, customer_id=names, scope=scopes)
+def test_a_master_key_re_masks_a_data_key_it_wrapped_in_place(
+    key: bytes, data_key: bytes, mask: bytes, customer_id: str, scope: KeyScope
+) -> None:
+    master = MasterKey(key)
+    assert _key_aad(customer_id, scope) == _aad(b"key", customer_id, scope.value)
+    wrapped = master.wrap(data_key, customer_id=customer_id, scope=scope)
+    remasked = master.remask(wrapped, mask, customer_id=customer_id, scope=scope)
+    assert remasked[1:13] != wrapped[1:13]  # a fresh nonce
+    assert master.unwrap(remasked, customer_id=customer_id, scope=scope) == xor(data_key, mask)
+    with pytest.raises(DecryptionError):  # still bound to its customer and scope
+        master.remask(wrapped, mask, customer_id=customer_id + "x", scope=scope)
+    with pytest.raises(DecryptionError):
+        MasterKey(bytes(b ^ 1 for b in key)).remask(
+            wrapped, mask, customer_id=customer_id, scope=scope
+        )

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from app import shred_keys
-from app.crypto import KeyScope, MasterKey, new_data_key
+from app.crypto import KeyScope, MasterKey, new_data_key, xor
 from app.keyfiles import KeyError_
 from app.keyring import master_ring_source
 from app.main import create_app
@@ -110,9 +110,11 @@ def test_the_shred_key_file(tmp_path: Path) -> None:
     moved = reader.mask(data_key, "c-1", KeyScope.PROFILE, FIRST_VERSION + 1)  # read again
     assert moved != masked
     # Re-masking (a purge's): from one version to the next, or from no mask at all.
-    remask = {"customer_id": "c-1", "scope": KeyScope.PROFILE, "bucket": bucket}
-    assert writer.remask(masked, old=FIRST_VERSION, new=FIRST_VERSION + 1, **remask) == moved
-    assert writer.remask(data_key, old=None, new=FIRST_VERSION + 1, **remask) == moved
+    repad = writer.repad("c-1", KeyScope.PROFILE, bucket, FIRST_VERSION, FIRST_VERSION + 1)
+    assert xor(masked, repad) == moved
+    assert xor(
+        data_key, writer.repad("c-1", KeyScope.PROFILE, bucket, None, FIRST_VERSION + 1)
+    ) == (moved)
     assert writer.destroy_below({bucket: FIRST_VERSION + 1}) == 1
     with pytest.raises(ShredKeyMissing):  # the writer had used that version: nothing of it stays
         writer.mask(masked, "c-1", KeyScope.PROFILE, FIRST_VERSION)
