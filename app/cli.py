@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import logging
 import sys
@@ -585,6 +586,7 @@ def purge_command(args: argparse.Namespace, settings: Settings) -> int:
     from app.audit.pruning import PruneRefused, prune_events
     from app.documents.service import StoreDue, due_by_store
     from app.models.base import utcnow
+    from app.remasking import in_workers
     from app.retention.purge import SHRED_WORKERS, PurgeOutcome, cutoff, purge, purge_lock
     from app.retention.rules import ACCESS_EVENT_RULE
     from app.retention.service import date_in_japan
@@ -596,6 +598,8 @@ def purge_command(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         now = utcnow()
 
+        workers = 1 if is_sqlite(settings.resolved_database_url) else SHRED_WORKERS
+
         async def work(runtime: Runtime, transact: Transactions) -> PurgeOutcome:
             return await purge(
                 transact,
@@ -604,10 +608,18 @@ def purge_command(args: argparse.Namespace, settings: Settings) -> int:
                 now=now,
                 dry_run=dry_run,
                 progress=_progress_bar(),
-                shred_workers=1 if is_sqlite(settings.resolved_database_url) else SHRED_WORKERS,
+                shred_workers=workers,
+                remasker=remasker,
             )
 
-        outcome = with_runtime(settings, work)
+        # On PostgreSQL each transaction moving buckets on re-masks in a process of its own.
+        with contextlib.ExitStack() as stack:
+            remasker = (
+                stack.enter_context(in_workers(settings, workers))
+                if workers > 1 and not dry_run
+                else None
+            )
+            outcome = with_runtime(settings, work)
         integrity = AuditIntegrity(settings, AuditKeys.derive(load_keys(settings).index))
         refused: str | None = None
         try:

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import DriverQuery, execute_on_driver, fetch_on_driver, runs_on_driver
 from app.models import CustomerKey, ShredBucket
+from app.remasking import Remasker, in_process
 from app.shred_keys import bucket_of
 from app.uow import UnitOfWork
 from app.vault import Vault
@@ -84,7 +85,12 @@ async def mark_pending(session: AsyncSession, customer_ids: Iterable[str]) -> No
 
 
 async def advance_pending(
-    uow: UnitOfWork, vault: Vault, limit: int, *, skip_locked: bool = False
+    uow: UnitOfWork,
+    vault: Vault,
+    limit: int,
+    *,
+    skip_locked: bool = False,
+    remasker: Remasker | None = None,
 ) -> int:
     """Move up to ``limit`` buckets marked pending to their next version, re-masking the keys
     left in them (no commit); how many buckets. ``skip_locked``: leave the buckets another
@@ -103,7 +109,8 @@ async def advance_pending(
         ).scalars()
     )
     if buckets:
-        await remask(uow.session, vault, await _advance(uow, vault, buckets))
+        versions = await _advance(uow, vault, buckets)
+        await remask(uow.session, remasker or in_process(vault), versions)
     return len(buckets)
 
 
@@ -139,7 +146,7 @@ _REMASK_UPDATE = (
 )
 
 
-async def remask(session: AsyncSession, vault: Vault, versions: dict[int, int]) -> int:
+async def remask(session: AsyncSession, remasker: Remasker, versions: dict[int, int]) -> int:
     """Re-mask every key still in these buckets under their new version; how many."""
     if not versions:
         return 0
@@ -153,7 +160,7 @@ async def remask(session: AsyncSession, vault: Vault, versions: dict[int, int]) 
         rows = [(row[0], row[1], row[2]) for row in selected.all()]
     if not rows:
         return 0
-    key_id, rewrapped = vault.remask_customer_keys(rows, versions)
+    key_id, rewrapped = await remasker(rows, versions)
     if runs_on_driver(session):
         await execute_on_driver(
             session,

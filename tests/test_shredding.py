@@ -367,3 +367,38 @@ def test_purge_waits_for_a_pending_bucket_another_transaction_holds(
         assert [_read(client, sales, neighbour) for neighbour in neighbours] == [200] * 3
     with Session(db) as session:
         assert not session.scalars(select(ShredBucket).where(ShredBucket.pending)).all()
+
+
+def test_keys_re_masked_by_worker_processes_open_here(make_settings: SettingsFactory) -> None:
+    """``shopvault purge`` on PostgreSQL re-masks in worker processes that open the key ring
+    and the shred key file themselves: what they return opens in this process under the new
+    version, wrapped by the key they name, and a version written after they started is found."""
+    import asyncio
+    import uuid
+
+    from app.remasking import in_workers
+
+    settings = make_settings()
+    vault = Vault(
+        master_ring_source(settings), ShredKeys(settings.resolved_shred_keys_file).prepare()
+    )
+    data_keys = {(str(uuid.uuid4()), scope): new_data_key() for _ in range(6) for scope in KeyScope}
+    rows = [
+        (
+            customer_id,
+            scope.value,
+            vault.wrap_customer_key(key, customer_id, scope, FIRST_VERSION)[1],
+        )
+        for (customer_id, scope), key in data_keys.items()
+    ]
+    with in_workers(settings, 2) as remask:
+        for version in (FIRST_VERSION + 1, FIRST_VERSION + 2):
+            # The second version is written after the workers read the file.
+            versions = {bucket_of(customer_id): version for customer_id, _ in data_keys}
+            vault.shred_keys.ensure(versions)
+            key_id, stored = asyncio.run(remask(rows, versions))
+            assert key_id == vault.master_key_id
+            for ((customer_id, scope), key), new in zip(data_keys.items(), stored, strict=True):
+                assert split_stored(new)[1] == version
+                assert vault.unwrap_customer_key(new, customer_id, scope) == key
+            rows = [(c, s, new) for (c, s, _), new in zip(rows, stored, strict=True)]

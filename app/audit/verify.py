@@ -428,14 +428,25 @@ _COPY_REST = (
     "fields",
     "changed_fields",
 )
+# Each text column comes quoted by the query, and a NULL as ``null`` (the COPY's NULL string): the
+# line's fields are then JSON values as they are, and the template fills them in with no NULL
+# to replace. The id, chain and time come bare (the merge and the findings need them so; never
+# NULL, and never the text "null", in a sealed event): the template quotes them.
+_BARE_TEXT = ("id", "chain", "at")
+_N_QUOTED = len(_COPY_TEXT) - len(_BARE_TEXT)
 _COPY_SELECT = ", ".join(
     _AT
     if column == "at"
+    else f"e.{column}"
+    if column in _BARE_TEXT
+    else f"'\"' || e.{column} || '\"'"
+    if column in _COPY_TEXT
     else "e.review_required::text"  # 'true' or 'false', as JSON writes them
     if column == "review_required"
     else f"e.{column}"
     for column in (*_COPY_TEXT, *_COPY_REST)
 )
+_COPY_OPTIONS = "(NULL 'null')"
 _N_TEXT = len(_COPY_TEXT)
 _INDEX = {column: i for i, column in enumerate((*_COPY_TEXT, *_COPY_REST))}
 _I_VERSION, _I_FIELDS, _I_CHANGED = (
@@ -444,18 +455,18 @@ _I_VERSION, _I_FIELDS, _I_CHANGED = (
     _INDEX["changed_fields"],
 )
 _CUSTOMERS = len(_INDEX)  # the customers' list is appended to a line's fields
-_NULL = b"\\N"
+_NULL = b"null"
 
 
 def _line_template(version: int) -> tuple[bytes, Callable[[list[bytes]], tuple[bytes, ...]]]:
-    """The encoding's keys, sorted, each with a ``%b`` for its value (quoted for the text
+    """The encoding's keys, sorted, each with a ``%b`` for its value (quoted for the bare text
     columns; the version's number in place), and what picks the values from a line's fields."""
     parts, picks = [], []
     for key in _KEYS_BY_VERSION[version]:
         if key == "encoding_version":
             parts.append(f'"{key}":{version}')
             continue
-        parts.append(f'"{key}":"%b"' if key in _COPY_TEXT else f'"{key}":%b')
+        parts.append(f'"{key}":"%b"' if key in _BARE_TEXT else f'"{key}":%b')
         picks.append(_CUSTOMERS if key == "customer_ids" else _INDEX[key])
     return ("{" + ",".join(parts) + "}").encode(), itemgetter(*picks)
 
@@ -479,7 +490,7 @@ def _plain_encoded(fields: list[bytes], customers: bytes) -> bytes | None:
     fields[_I_CHANGED] = fields[_I_CHANGED].replace(b'", "', b'","')
     fields.append(customers)
     text, pick = template
-    return (text % pick(fields)).replace(b'"\\N"', b"null").replace(b"\\N", b"null")
+    return text % pick(fields)
 
 
 # COPY's text format: a tab only between fields, a newline only after a row; these escapes
@@ -494,10 +505,8 @@ _COPY_ESCAPES = {
 }
 
 
-def _copy_field(value: bytes) -> bytes | None:
-    """A COPY text field as stored."""
-    if value == _NULL:
-        return None
+def _copy_field(value: bytes) -> bytes:
+    """A COPY text field's bytes, its escapes undone."""
     if b"\\" not in value:
         return value
     out = bytearray()
@@ -513,8 +522,13 @@ def _copy_field(value: bytes) -> bytes | None:
 
 
 def _copy_text(value: bytes) -> str | None:
-    decoded = _copy_field(value)
-    return None if decoded is None else decoded.decode()
+    """A bare field (an event's id, chain, time, hashes, JSON lists; NULL as ``null``)."""
+    return None if value == _NULL else _copy_field(value).decode()
+
+
+def _copy_quoted(value: bytes) -> str | None:
+    """A text field the query quoted (NULL as ``null``)."""
+    return None if value == _NULL else _copy_field(value[1:-1]).decode()
 
 
 def _copy_int(value: bytes) -> int | None:
@@ -523,7 +537,10 @@ def _copy_int(value: bytes) -> int | None:
 
 def _row_encoded(fields: list[bytes], links: list[str]) -> bytes | None:
     """The canonical encoding of any COPY line, from its decoded row (``_encoded``)."""
-    texts = dict(zip(_COPY_TEXT, (_copy_text(value) for value in fields[:_N_TEXT]), strict=True))
+    texts = {
+        column: (_copy_text if column in _BARE_TEXT else _copy_quoted)(value)
+        for column, value in zip(_COPY_TEXT, fields[:_N_TEXT], strict=True)
+    }
     seq, count, result_count, review, version = fields[_N_TEXT : _N_TEXT + 5]
     row = (
         texts["id"],
@@ -557,9 +574,11 @@ def _row_encoded(fields: list[bytes], links: list[str]) -> bytes | None:
     return _encoded(row)
 
 
-def _copy_lines(raw: Any, sql: str) -> Iterator[list[bytes]]:
-    """The lines of ``COPY (sql) TO STDOUT`` on a psycopg connection, in batches read ahead."""
-    return _prefetched(lambda: _copied(raw.pgconn, f"COPY ({sql}) TO STDOUT"), "audit-verify-copy")
+def _copy_lines(raw: Any, sql: str, options: str = "") -> Iterator[list[bytes]]:
+    """The lines of ``COPY (sql) TO STDOUT options`` on a psycopg connection, in batches read
+    ahead."""
+    statement = f"COPY ({sql}) TO STDOUT {options}"
+    return _prefetched(lambda: _copied(raw.pgconn, statement), "audit-verify-copy")
 
 
 def _copied(pgconn: Any, statement: str) -> Generator[list[bytes], None, None]:
@@ -689,10 +708,7 @@ def _feed_copy(
     raw: Any = connection.connection.driver_connection
     links = _links(twin, where)
     link = next(links, None)
-    for batch in _copy_lines(raw, sql):
-        # Checked once for the batch: every backslash a NULL marker; else line by line.
-        joined = b"".join(batch)
-        batch_plain = joined.count(backslash) == joined.count(null)
+    for batch in _copy_lines(raw, sql, _COPY_OPTIONS):
         for line in batch:
             fields = line[:-1].split(tab)
             event_id = fields[i_id]
@@ -704,12 +720,13 @@ def _feed_copy(
             chain = fields[i_chain]
             if chain != current_chain or current is None:
                 current, current_chain = checks[_copy_text(chain) or ""], chain
-            # The JSON lists are the last two fields: no quote before them.
+            # No escape anywhere, and no quote before the JSON lists (the last two fields) but
+            # the query's two around each text that is not NULL.
             cut = len(line) - len(fields[_I_FIELDS]) - len(fields[_I_CHANGED]) - 3
             if (
                 links_plain
-                and (batch_plain or line.count(backslash) == line.count(null))
-                and line.count(b'"', 0, cut) == 0
+                and backslash not in line
+                and line.count(b'"', 0, cut) == 2 * (_N_QUOTED - fields[:_N_TEXT].count(null))
             ):
                 encoded = _plain_encoded(fields, b'["' + b'","'.join(ids) + b'"]' if ids else b"[]")
                 prev_hash, stored = fields[i_prev], fields[i_hash]
@@ -728,18 +745,18 @@ def _feed_copy(
                     continue
             # Anything else, a seal that does not match included: the row decoded and encoded
             # as the writer encodes it.
-            encoded = _row_encoded(fields, [_copy_text(customer) or "" for customer in ids])
-            at_, prev_, stored_ = (_copy_field(fields[i]) for i in (i_at, i_prev, i_hash))
+            encoded = _row_encoded(fields, [_copy_field(customer).decode() for customer in ids])
+            at_, prev_, stored_ = (_copy_text(fields[i]) for i in (i_at, i_prev, i_hash))
             current.check(
                 int(fields[i_seq]),
                 _copy_text(event_id) or "",
-                None if at_ is None else at_.decode(),
-                None if prev_ is None else prev_.decode(),
-                None if stored_ is None else stored_.decode(),
+                at_,
+                prev_,
+                stored_,
                 encoded is not None
                 and prev_ is not None
                 and stored_ is not None
-                and digest(prev_ + newline + encoded).hex().encode() == stored_,
+                and digest(prev_.encode() + newline + encoded).hex().encode() == stored_.encode(),
             )
     if link is not None:
         raise RuntimeError("the links' stream is out of step with the events'")

@@ -36,6 +36,7 @@ from sqlalchemy.engine import make_url
 from app import shredding
 from app.audit.events import Action, Actor, EventDraft
 from app.db import create_sync_engine, is_sqlite
+from app.remasking import Remasker
 from app.retention import repository
 from app.retention.rules import (
     CUSTOMER_RULE,
@@ -222,10 +223,11 @@ async def purge(
     dry_run: bool,
     progress: Progress = _no_progress,
     shred_workers: int = 1,
+    remasker: Remasker | None = None,
 ) -> PurgeOutcome:
     """Apply the rules to the database's rows (the access log is pruned separately).
     ``shred_workers``: transactions moving shred key buckets on at once (1 on SQLite, whose
-    writers take turns)."""
+    writers take turns); ``remasker``: where they re-mask keys (by default, in this process)."""
     today = date_in_japan(now)
     outcome = PurgeOutcome(today=today, dry_run=dry_run)
 
@@ -322,7 +324,7 @@ async def purge(
         async def advancing(skip_locked: bool) -> int:
             async def advance(uow: UnitOfWork) -> int:
                 return await shredding.advance_pending(
-                    uow, vault, SHRED_BUCKET_BATCH, skip_locked=skip_locked
+                    uow, vault, SHRED_BUCKET_BATCH, skip_locked=skip_locked, remasker=remasker
                 )
 
             moved = 0

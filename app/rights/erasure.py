@@ -20,6 +20,7 @@ from datetime import date, datetime, timedelta
 
 from app import shredding
 from app.policy import RETAINED_AFTER_ERASURE, FieldGroup
+from app.remasking import in_process
 from app.retention.rules import IDENTITY_RECORD_RULE, add_years
 from app.retention.service import date_in_japan
 from app.rights import repository
@@ -87,7 +88,7 @@ async def erase_many(
     await repository.forms_due_now(session, customer_ids, yesterday)
     await repository.identity_forms_until(session, until, yesterday)
     await repository.destroy_identity(session, [cid for cid in customer_ids if until[cid] is None])
-    await shredding.remask(session, vault, versions)
+    await shredding.remask(session, in_process(vault), versions)
     kept = frozenset(FieldGroup) - RETAINED_AFTER_ERASURE
     return [
         Erased(cid, until[cid], kept if until[cid] is not None else frozenset(FieldGroup))
