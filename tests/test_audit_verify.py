@@ -273,15 +273,22 @@ def test_text_that_needs_escapes_verifies_and_an_edit_is_caught(
 def test_the_template_takes_no_shortcut_a_seal_would_accept(
     client: TestClient, settings: Settings, db: Engine
 ) -> None:
-    """The COPY path's template quotes text as COPY prints it: a JSON list laid out otherwise
-    than SQLAlchemy writes it (same content) still verifies, and text holding a backslash and an
-    N (which COPY prints next to its NULL marker) is never read as a NULL."""
+    """The COPY path's template takes a line's fields as they are: a JSON list laid out otherwise
+    than SQLAlchemy writes it (same content) still verifies, a name that looks like a separator
+    is not compacted away, text holding a backslash and an N is never read as a NULL, and a
+    chain may be called "null" (COPY's NULL string)."""
     login(client, cast.SALES)
     keys = _keys(settings)
     with db.connect() as connection:
         at = connection.execute(select(AccessEvent.at)).scalars().first()
     base = _event(at, reason=None, fields=["contact", "name"])
     layout = {**base, "id": "77777777-7777-4777-8777-777777777771", "chain": "layout.1"}
+    # A name that is itself ", " looks like json.dumps' separator: stored untouched it verifies;
+    # a sealed [","] stored as [", "] (another name) is caught.
+    separator = {**base, "id": "77777777-7777-4777-8777-777777777773", "chain": "null"}
+    separator["fields"] = [", "]
+    comma = {**base, "id": "77777777-7777-4777-8777-777777777774", "chain": "comma.1"}
+    comma["fields"] = [",", "name"]
     # Sealed with a real newline, stored with a backslash and an N instead (COPY prints x\\Null):
     # a template that took every backslash-N for a NULL marker would encode it x\nullull, which
     # is the sealed encoding.
@@ -291,7 +298,7 @@ def test_the_template_takes_no_shortcut_a_seal_would_accept(
         "chain": "newline.1",
         "reason": "x\nullull",
     }
-    for event in (layout, newline):
+    for event in (layout, newline, separator, comma):
         event["hash"] = seal(keys.chain, GENESIS_HASH, event)
         _insert_chain(db, keys, event)
     drop_append_only_triggers(db)
@@ -299,9 +306,10 @@ def test_the_template_takes_no_shortcut_a_seal_would_accept(
     result = verify_api(client, full=True)
     assert result["ok"], result
     _edit_event(db, newline["id"], "reason", "x\\Null")
+    _edit_event(db, comma["id"], "fields", '[", ", "name"]')
     result = verify_api(client, full=True)
     assert problem_names(result) == {"hash-mismatch"}
-    assert {p["event_id"] for p in result["problems"]} == {newline["id"]}
+    assert {p["event_id"] for p in result["problems"]} == {newline["id"], comma["id"]}
 
 
 def test_an_edited_removed_or_added_link_is_caught(client: TestClient, db: Engine) -> None:
@@ -408,22 +416,16 @@ def test_version_1_events_verify_by_their_own_fields(
             ],
         )
     assert verify_api(client, full=True)["ok"]
-    # Its seal covers only version 1's fields: a value outside them does not matter ...
+    # Its seal covers only version 1's fields, and version 1 had none of the others (revision
+    # 0003 added them empty): a value in one of them is an edit, as is one inside its fields.
     drop_append_only_triggers(db)
-    with db.begin() as connection:
-        connection.execute(
-            text("UPDATE access_event SET presence_method = 'pin' WHERE id = :id"),
-            {"id": event["id"]},
-        )
-    assert verify_api(client, full=True)["ok"]
-    # ... one inside them does.
-    with db.begin() as connection:
-        connection.execute(
-            text("UPDATE access_event SET reason = 'x' WHERE id = :id"), {"id": event["id"]}
-        )
-    result = verify_api(client, full=True)
-    assert problem_names(result) == {"hash-mismatch"}
-    assert result["first_bad_id"] == event["id"]
+    for column, value in (("presence_method", "pin"), ("count", 3), ("reason", "x")):
+        _edit_event(db, event["id"], column, value)
+        result = verify_api(client, full=True)
+        assert problem_names(result) == {"hash-mismatch"}, column
+        assert result["first_bad_id"] == event["id"]
+        _edit_event(db, event["id"], column, None if column != "reason" else event["reason"])
+        assert verify_api(client, full=True)["ok"], column
 
 
 def test_a_large_log_is_verified_in_several_processes(
@@ -488,6 +490,22 @@ def test_the_copy_reader_reads_every_row_and_leaves_the_connection_usable() -> N
         next(stream)
         stream.close()  # the rest never read
         assert raw.execute("SELECT 41 + 1").fetchone() == (42,)
+        stream = verify_module._copied(raw.pgconn, "COPY (SELECT 1) TO STDOUT")
+        assert next(stream) == [b"1\n"]
+        stream.close()  # closed at the last batch, the statement's end not read yet
+        assert raw.execute("SELECT 43").fetchone() == (43,)
+
+        # A statement longer than the socket takes at once (the connection is non-blocking).
+        values = ",".join(str(n) for n in range(10, 400_010))
+        long = (
+            f"COPY (SELECT n FROM generate_series(1, 3) n WHERE n <> ALL('{{{values}}}')) TO STDOUT"
+        )
+        assert len(long) > 2_000_000
+        assert [line for batch in verify_module._copied(raw.pgconn, long) for line in batch] == [
+            b"1\n",
+            b"2\n",
+            b"3\n",
+        ]
 
         with pytest.raises(psycopg.errors.UndefinedTable):
             list(verify_module._copied(raw.pgconn, "COPY (SELECT * FROM no_such_table) TO STDOUT"))

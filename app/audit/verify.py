@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, text
 
 from app.audit.chain import (
+    ENCODING_VERSION,
     GENESIS_HASH,
     HASHED_FIELDS_BY_VERSION,
     AuditKeys,
@@ -171,6 +172,7 @@ def _literal(connection: Connection, value: Any) -> str:
 
 
 _T = TypeVar("_T")
+_S = TypeVar("_S", str, bytes)
 
 
 def _prefetched(
@@ -278,12 +280,22 @@ def _json_list(value: Any) -> str:
         return "null"
     if isinstance(value, list):
         return _LIST(value)
-    if value.isascii() and "\\" not in value:
+    text = str(value)
+    if text.isascii() and "\\" not in text and _separators_only(text, '", "', ",", '"'):
         # How SQLAlchemy wrote it (json.dumps' default separators); plain names only.
-        compact = str(value).replace('", "', '","')
+        compact = text.replace('", "', '","')
         if " " not in compact:
             return compact
-    return _LIST(json.loads(value))
+    return _LIST(json.loads(text))
+
+
+def _separators_only(value: _S, separator: _S, comma: _S, quote: _S) -> bool:
+    """Whether every comma in a stored list of names without a backslash is a separator as
+    ``json.dumps`` writes it, one between each two names: then compacting the separators gives
+    the canonical list. (A name that is itself ", " looks like a separator, and compacting it
+    would turn ``[", "]`` into the encoding of ``[","]``.)"""
+    separators = value.count(separator)
+    return separators == value.count(comma) == max(value.count(quote) // 2 - 1, 0)
 
 
 def _encoded(row: Sequence[Any]) -> bytes | None:
@@ -351,6 +363,8 @@ def _encoded(row: Sequence[Any]) -> bytes | None:
             )
             return (_TEMPLATES[2] % values).encode()
         if version == 1:
+            if presence_method is not None or subject_request_id is not None or count is not None:
+                return None  # version 1 does not seal them: an event of it has none
             values = (
                 _text(action),
                 _text(actor),
@@ -430,8 +444,8 @@ _COPY_REST = (
 )
 # Each text column comes quoted by the query, and a NULL as ``null`` (the COPY's NULL string): the
 # line's fields are then JSON values as they are, and the template fills them in with no NULL
-# to replace. The id, chain and time come bare (the merge and the findings need them so; never
-# NULL, and never the text "null", in a sealed event): the template quotes them.
+# to replace. The id, chain and time come bare (the merge and the findings need them so); they
+# are never NULL (the columns say so), so ``null`` there is that text: the template quotes them.
 _BARE_TEXT = ("id", "chain", "at")
 _N_QUOTED = len(_COPY_TEXT) - len(_BARE_TEXT)
 _COPY_SELECT = ", ".join(
@@ -471,7 +485,9 @@ def _line_template(version: int) -> tuple[bytes, Callable[[list[bytes]], tuple[b
     return ("{" + ",".join(parts) + "}").encode(), itemgetter(*picks)
 
 
-_LINE_TEMPLATES = {str(version).encode(): _line_template(version) for version in _KEYS_BY_VERSION}
+# Version 1 events go the general way (``_encoded``), which also holds the fields version 2
+# added to be empty in them.
+_LINE_TEMPLATES = {str(ENCODING_VERSION).encode(): _line_template(ENCODING_VERSION)}
 
 
 def _plain_encoded(fields: list[bytes], customers: bytes) -> bytes | None:
@@ -485,9 +501,10 @@ def _plain_encoded(fields: list[bytes], customers: bytes) -> bytes | None:
     template = _LINE_TEMPLATES.get(fields[_I_VERSION])
     if template is None:
         return None
-    # Without a backslash no string in a list holds a quote, so every '", "' is a separator.
-    fields[_I_FIELDS] = fields[_I_FIELDS].replace(b'", "', b'","')
-    fields[_I_CHANGED] = fields[_I_CHANGED].replace(b'", "', b'","')
+    for i in (_I_FIELDS, _I_CHANGED):
+        if not _separators_only(fields[i], b'", "', b",", b'"'):
+            return None
+        fields[i] = fields[i].replace(b'", "', b'","')
     fields.append(customers)
     text, pick = template
     return text % pick(fields)
@@ -538,7 +555,7 @@ def _copy_int(value: bytes) -> int | None:
 def _row_encoded(fields: list[bytes], links: list[str]) -> bytes | None:
     """The canonical encoding of any COPY line, from its decoded row (``_encoded``)."""
     texts = {
-        column: (_copy_text if column in _BARE_TEXT else _copy_quoted)(value)
+        column: _copy_field(value).decode() if column in _BARE_TEXT else _copy_quoted(value)
         for column, value in zip(_COPY_TEXT, fields[:_N_TEXT], strict=True)
     }
     seq, count, result_count, review, version = fields[_N_TEXT : _N_TEXT + 5]
@@ -574,7 +591,7 @@ def _row_encoded(fields: list[bytes], links: list[str]) -> bytes | None:
     return _encoded(row)
 
 
-def _copy_lines(raw: Any, sql: str, options: str = "") -> Iterator[list[bytes]]:
+def _copy_lines(raw: Any, sql: str, options: str = "") -> Generator[list[bytes], None, None]:
     """The lines of ``COPY (sql) TO STDOUT options`` on a psycopg connection, in batches read
     ahead."""
     statement = f"COPY ({sql}) TO STDOUT {options}"
@@ -612,14 +629,22 @@ def _copied(pgconn: Any, statement: str) -> Generator[list[bytes], None, None]:
     def raise_for(result: Any) -> None:
         raise errors.error_from_result(result, encoding="utf-8")
 
-    finished = False
+    copying = finished = False
     try:
         pgconn.send_query(statement.encode())
+        # psycopg keeps the connection non-blocking: a statement longer than the socket takes
+        # at once is sent in parts (reading meanwhile, as libpq asks).
+        while pgconn.flush():
+            selector.modify(pgconn.socket, selectors.EVENT_READ | selectors.EVENT_WRITE)
+            if any(events & selectors.EVENT_READ for _, events in selector.select()):
+                pgconn.consume_input()
+        selector.modify(pgconn.socket, selectors.EVENT_READ)
         started = results()
         if not started:
             raise RuntimeError("COPY did not start")
         if started[-1].status != pq.ExecStatus.COPY_OUT:
             raise_for(started[-1])
+        copying = True
         batch: list[bytes] = []
         get = pgconn.get_copy_data
         while True:
@@ -633,24 +658,29 @@ def _copied(pgconn: Any, statement: str) -> Generator[list[bytes], None, None]:
                 wait()
             else:
                 break
-        finished = True
+        copying = False
         if batch:
             yield batch
-        for result in results():
+        done = results()
+        finished = True
+        for result in done:
             if result.status != pq.ExecStatus.COMMAND_OK:
                 raise_for(result)
     finally:
         if not finished:
+            # Closed early or failed: the statement stopped and everything it left read, so
+            # that the connection is not in the middle of a COPY.
             with contextlib.suppress(Exception):
-                pgconn.get_cancel().cancel()
-                while (size := pgconn.get_copy_data(1)[0]) >= 0:
-                    if size == 0:
-                        wait()
+                if copying:
+                    pgconn.get_cancel().cancel()
+                    while (size := pgconn.get_copy_data(1)[0]) >= 0:
+                        if size == 0:
+                            wait()
                 results()  # the cancellation's error, read and dropped
         selector.close()
 
 
-def _links(raw: Any, where: str) -> Iterator[tuple[bytes, list[bytes], bool]]:
+def _links(raw: Any, where: str) -> Generator[tuple[bytes, list[bytes], bool], None, None]:
     """(event id, its customer ids by position, whether none needs escaping) of the events
     ``where`` selects that have links, in the events' order (chain, seq); ids as COPY writes
     them."""
@@ -662,18 +692,19 @@ def _links(raw: Any, where: str) -> Iterator[tuple[bytes, list[bytes], bool]]:
     event: bytes | None = None
     ids: list[bytes] = []
     plain = True
-    for batch in _copy_lines(raw, sql):
-        joined = b"".join(batch)
-        batch_plain = not (b"\\" in joined or b'"' in joined)
-        for line in batch:
-            event_id, customer_id = line[:-1].split(b"\t")
-            if event_id != event:
-                if event is not None:
-                    yield event, ids, plain
-                event, ids, plain = event_id, [], True
-            ids.append(customer_id)
-            if not batch_plain:
-                plain = plain and not (b"\\" in customer_id or b'"' in customer_id)
+    with contextlib.closing(_copy_lines(raw, sql)) as lines:
+        for batch in lines:
+            joined = b"".join(batch)
+            batch_plain = not (b"\\" in joined or b'"' in joined)
+            for line in batch:
+                event_id, customer_id = line[:-1].split(b"\t")
+                if event_id != event:
+                    if event is not None:
+                        yield event, ids, plain
+                    event, ids, plain = event_id, [], True
+                ids.append(customer_id)
+                if not batch_plain:
+                    plain = plain and not (b"\\" in customer_id or b'"' in customer_id)
     if event is not None:
         yield event, ids, plain
 
@@ -706,60 +737,68 @@ def _feed_copy(
     current: _ChainCheck | None = None
     current_chain: bytes | None = None
     raw: Any = connection.connection.driver_connection
-    links = _links(twin, where)
-    link = next(links, None)
-    for batch in _copy_lines(raw, sql, _COPY_OPTIONS):
-        for line in batch:
-            fields = line[:-1].split(tab)
-            event_id = fields[i_id]
-            ids: list[bytes] = []
-            links_plain = True
-            if link is not None and link[0] == event_id:
-                ids, links_plain = link[1], link[2]
-                link = next(links, None)
-            chain = fields[i_chain]
-            if chain != current_chain or current is None:
-                current, current_chain = checks[_copy_text(chain) or ""], chain
-            # No escape anywhere, and no quote before the JSON lists (the last two fields) but
-            # the query's two around each text that is not NULL.
-            cut = len(line) - len(fields[_I_FIELDS]) - len(fields[_I_CHANGED]) - 3
-            if (
-                links_plain
-                and backslash not in line
-                and line.count(b'"', 0, cut) == 2 * (_N_QUOTED - fields[:_N_TEXT].count(null))
-            ):
-                encoded = _plain_encoded(fields, b'["' + b'","'.join(ids) + b'"]' if ids else b"[]")
-                prev_hash, stored = fields[i_prev], fields[i_hash]
+    # Both streams closed on the way out, whatever happens: their threads stop reading before
+    # the connections go back.
+    with (
+        contextlib.closing(_links(twin, where)) as links,
+        contextlib.closing(_copy_lines(raw, sql, _COPY_OPTIONS)) as events,
+    ):
+        link = next(links, None)
+        for batch in events:
+            for line in batch:
+                fields = line[:-1].split(tab)
+                event_id = fields[i_id]
+                ids: list[bytes] = []
+                links_plain = True
+                if link is not None and link[0] == event_id:
+                    ids, links_plain = link[1], link[2]
+                    link = next(links, None)
+                chain = fields[i_chain]
+                if chain != current_chain or current is None:
+                    current, current_chain = checks[chain.decode()], chain  # bare, never NULL
+                # No escape anywhere, and no quote before the JSON lists (the last two fields) but
+                # the query's two around each text that is not NULL.
+                cut = len(line) - len(fields[_I_FIELDS]) - len(fields[_I_CHANGED]) - 3
                 if (
-                    encoded is not None
-                    and digest(prev_hash + newline + encoded).hex().encode() == stored
+                    links_plain
+                    and backslash not in line
+                    and line.count(b'"', 0, cut) == 2 * (_N_QUOTED - fields[:_N_TEXT].count(null))
                 ):
-                    current.check(
-                        int(fields[i_seq]),
-                        event_id.decode(),
-                        fields[i_at].decode(),
-                        prev_hash.decode(),
-                        stored.decode(),
-                        True,
+                    encoded = _plain_encoded(
+                        fields, b'["' + b'","'.join(ids) + b'"]' if ids else b"[]"
                     )
-                    continue
-            # Anything else, a seal that does not match included: the row decoded and encoded
-            # as the writer encodes it.
-            encoded = _row_encoded(fields, [_copy_field(customer).decode() for customer in ids])
-            at_, prev_, stored_ = (_copy_text(fields[i]) for i in (i_at, i_prev, i_hash))
-            current.check(
-                int(fields[i_seq]),
-                _copy_text(event_id) or "",
-                at_,
-                prev_,
-                stored_,
-                encoded is not None
-                and prev_ is not None
-                and stored_ is not None
-                and digest(prev_.encode() + newline + encoded).hex().encode() == stored_.encode(),
-            )
-    if link is not None:
-        raise RuntimeError("the links' stream is out of step with the events'")
+                    prev_hash, stored = fields[i_prev], fields[i_hash]
+                    if (
+                        encoded is not None
+                        and digest(prev_hash + newline + encoded).hex().encode() == stored
+                    ):
+                        current.check(
+                            int(fields[i_seq]),
+                            event_id.decode(),
+                            fields[i_at].decode(),
+                            prev_hash.decode(),
+                            stored.decode(),
+                            True,
+                        )
+                        continue
+                # Anything else, a seal that does not match included: the row decoded and encoded
+                # as the writer encodes it.
+                encoded = _row_encoded(fields, [_copy_field(customer).decode() for customer in ids])
+                at_ = _copy_field(fields[i_at]).decode()
+                prev_, stored_ = _copy_text(fields[i_prev]), _copy_text(fields[i_hash])
+                current.check(
+                    int(fields[i_seq]),
+                    _copy_field(event_id).decode(),
+                    at_,
+                    prev_,
+                    stored_,
+                    encoded is not None
+                    and prev_ is not None
+                    and stored_ is not None
+                    and digest(prev_.encode() + newline + encoded).hex() == stored_,
+                )
+        if link is not None:
+            raise RuntimeError("the links' stream is out of step with the events'")
 
 
 # --- one chain ----------------------------------------------------------------------------------
