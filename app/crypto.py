@@ -63,15 +63,11 @@ def _aad_head(label: bytes, *parts: str) -> bytes:
     return _VERSION_PREFIX + label + b"".join(_aad_part(part) for part in parts)
 
 
-def _aad(label: bytes, *parts: str) -> bytes:
-    return _aad_head(label) + b"".join(_aad_part(part) for part in parts)
-
-
 _SCOPE_PARTS = {scope: _aad_part(scope.value) for scope in KeyScope}
 
 
 def _key_aad(customer_id: str, scope: KeyScope) -> bytes:
-    """``_aad(b"key", customer_id, scope.value)``, the same bytes, with less work."""
+    """A data key's associated data: the label, its customer and its scope."""
     return _aad_head(b"key") + _aad_part(customer_id) + _SCOPE_PARTS[scope]
 
 

@@ -150,8 +150,9 @@ async def remask(session: AsyncSession, remasker: Remasker, versions: dict[int, 
     """Re-mask every key still in these buckets under their new version; how many."""
     if not versions:
         return 0
+    on_driver = runs_on_driver(session)
     rows: Sequence[tuple[str, str, bytes]]
-    if runs_on_driver(session):
+    if on_driver:
         fetched = await fetch_on_driver(session, _REMASK_SELECT, {"buckets": list(versions)})
         rows = [(customer_id, scope, key) for customer_id, scope, key in fetched]
     else:
@@ -161,7 +162,7 @@ async def remask(session: AsyncSession, remasker: Remasker, versions: dict[int, 
     if not rows:
         return 0
     key_id, rewrapped = await remasker(rows, versions)
-    if runs_on_driver(session):
+    if on_driver:
         await execute_on_driver(
             session,
             _REMASK_UPDATE,

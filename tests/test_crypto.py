@@ -17,7 +17,6 @@ from app.crypto import (
     HmacSha256,
     KeyScope,
     MasterKey,
-    _aad,
     _key_aad,
     new_data_key,
     xor,
@@ -127,10 +126,14 @@ def test_unknown_format_version_is_refused() -> None:
         cipher.decrypt(b"\x02" + blob[1:], table="t", column="c", row_id="r")
 
 
-def independent_field_aad(table: str, column: str, row_id: str) -> bytes:
+def independent_aad(label: bytes, *parts: str) -> bytes:
     # The documented layout, rebuilt here: version, label, then each part length-prefixed.
-    parts = [p.encode() for p in (table, column, row_id)]
-    return b"\x01field" + b"".join(len(p).to_bytes(2, "big") + p for p in parts)
+    encoded = [p.encode() for p in parts]
+    return b"\x01" + label + b"".join(len(p).to_bytes(2, "big") + p for p in encoded)
+
+
+def independent_field_aad(table: str, column: str, row_id: str) -> bytes:
+    return independent_aad(b"field", table, column, row_id)
 
 
 def test_blob_format_is_the_documented_one() -> None:
@@ -278,7 +281,7 @@ def test_a_master_key_re_masks_a_data_key_it_wrapped_in_place(
     key: bytes, data_key: bytes, mask: bytes, customer_id: str, scope: KeyScope
 ) -> None:
     master = MasterKey(key)
-    assert _key_aad(customer_id, scope) == _aad(b"key", customer_id, scope.value)
+    assert _key_aad(customer_id, scope) == independent_aad(b"key", customer_id, scope.value)
     wrapped = master.wrap(data_key, customer_id=customer_id, scope=scope)
     remasked = master.remask(wrapped, mask, customer_id=customer_id, scope=scope)
     assert remasked[1:13] != wrapped[1:13]  # a fresh nonce

@@ -398,20 +398,20 @@ def _encoded(row: Sequence[Any]) -> bytes | None:
 # --- PostgreSQL: bare columns and links by COPY, the encoding built in Python --------------------
 #
 # Two ``COPY (SELECT …) TO STDOUT`` streams in the same snapshot, in the same order (chain, seq):
-# the events' bare columns (text format; no per-row work for PostgreSQL beyond printing them)
-# and their customer links by a plain join (no aggregation), each read by a connection of its
-# own. Python merges them and builds each event's canonical encoding from the bytes with a
-# template, each text field quoted as it is, when the line holds no quote outside its JSON lists
-# and no backslash but COPY's NULL markers (the usual case, checked once per batch). Such a line
-# can still hold what JSON escapes (a control character) or a JSON list laid out differently:
-# its template bytes are then no canonical encoding, so they cannot match the seal. A line that
-# is not that simple, or whose seal does not match, is decoded and encoded by ``_encoded`` from
-# its row, and only that encoding's seal decides. Nothing stored is trusted: every encoding is
-# rebuilt from the columns on every verification.
+# the events' columns (text format; PostgreSQL only prints them, quoting the text ones) and
+# their customer links by a plain join (no aggregation), each read by a connection of its own.
+# Python merges them and builds each event's canonical encoding from the bytes with a template,
+# when the line holds no backslash, no quote inside a text and JSON lists whose commas are all
+# separators (the usual case). Such a line can still hold what JSON escapes (a control
+# character) or a JSON list laid out differently: its template bytes are then no canonical
+# encoding, so they cannot match the seal. A line that is not that simple, or whose seal does
+# not match, is decoded and encoded by ``_encoded`` from its row, and only that encoding's seal
+# decides. Nothing stored is trusted: every encoding is rebuilt from the columns on every
+# verification.
 
 _AT = "to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-# The text columns first, in the canonical encoding's (sorted) key order, then the rest; the
-# JSON columns last (their quotes are JSON's own).
+# The text columns first, then the rest; the JSON columns last (their quotes are JSON's own:
+# ``_feed_copy`` counts the quotes before them).
 _COPY_TEXT = (
     "action",
     "actor",
@@ -491,9 +491,9 @@ _LINE_TEMPLATES = {str(ENCODING_VERSION).encode(): _line_template(ENCODING_VERSI
 
 
 def _plain_encoded(fields: list[bytes], customers: bytes) -> bytes | None:
-    """The canonical encoding of a COPY line whose backslashes are all NULL markers and whose
-    text columns hold no quote (None for an unknown encoding version). ``fields`` gets the
-    customers' list appended and its JSON lists compacted.
+    """The canonical encoding of a COPY line without a backslash whose texts hold no quote
+    (None for an encoding version without a template, or a JSON list whose commas are not all
+    separators). ``fields`` gets its JSON lists compacted and the customers' list appended.
 
     Not checked here, and not needed: a control character or a JSON list in another layout
     than SQLAlchemy's gives bytes that no canonical encoding has, so the seal does not match and
