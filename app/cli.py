@@ -587,7 +587,7 @@ def purge_command(args: argparse.Namespace, settings: Settings) -> int:
     from app.documents.service import StoreDue, due_by_store
     from app.models.base import utcnow
     from app.remasking import in_workers
-    from app.retention.purge import SHRED_WORKERS, PurgeOutcome, cutoff, purge, purge_lock
+    from app.retention.purge import WORKERS, PurgeOutcome, cutoff, purge, purge_lock
     from app.retention.rules import ACCESS_EVENT_RULE
     from app.retention.service import date_in_japan
 
@@ -598,7 +598,7 @@ def purge_command(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         now = utcnow()
 
-        workers = 1 if is_sqlite(settings.resolved_database_url) else SHRED_WORKERS
+        workers = 1 if is_sqlite(settings.resolved_database_url) else WORKERS
 
         async def work(runtime: Runtime, transact: Transactions) -> PurgeOutcome:
             return await purge(
@@ -608,7 +608,7 @@ def purge_command(args: argparse.Namespace, settings: Settings) -> int:
                 now=now,
                 dry_run=dry_run,
                 progress=_progress_bar(),
-                shred_workers=workers,
+                workers=workers,
                 remasker=remasker,
             )
 

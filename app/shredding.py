@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import ARRAY, ColumnElement, Integer, Select, any_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import DriverQuery, execute_on_driver, fetch_on_driver, runs_on_driver
+from app.db import DriverQuery, among, execute_on_driver, fetch_on_driver, runs_on_driver
 from app.models import CustomerKey, ShredBucket
 from app.remasking import Remasker, in_process
 from app.shred_keys import bucket_of
@@ -60,7 +60,7 @@ async def advance(uow: UnitOfWork, vault: Vault, customer_ids: Iterable[str]) ->
 async def _advance(uow: UnitOfWork, vault: Vault, buckets: list[int]) -> dict[int, int]:
     moved = await uow.session.execute(
         update(ShredBucket)
-        .where(ShredBucket.bucket.in_(buckets))
+        .where(among(uow.session, ShredBucket.bucket, buckets))
         .values(version=ShredBucket.version + 1, pending=False)
         .returning(ShredBucket.bucket, ShredBucket.version)
         .execution_options(synchronize_session=False)
@@ -78,7 +78,7 @@ async def mark_pending(session: AsyncSession, customer_ids: Iterable[str]) -> No
     if buckets:
         await session.execute(
             update(ShredBucket)
-            .where(ShredBucket.bucket.in_(buckets))
+            .where(among(session, ShredBucket.bucket, buckets))
             .values(pending=True)
             .execution_options(synchronize_session=False)
         )

@@ -32,7 +32,7 @@ from app.models import (
     Visit,
 )
 from app.retention import purge as purge_module
-from app.retention.purge import cutoff, first_kept_day, purge_lock
+from app.retention.purge import cutoff, first_kept_day, lanes, purge_lock
 from app.retention.rules import add_years, is_due
 from app.retention.service import TOKYO, today_in_japan
 from app.shred_keys import FIRST_VERSION, ShredKeys, bucket_of
@@ -273,6 +273,103 @@ def test_one_purge_at_a_time(
     code, out, err = run_cli(settings, monkeypatch, capsys, "purge")
     assert code == 0, err
     assert "another purge" not in out
+
+
+def test_lanes_share_out_the_customers_with_buckets_of_their_own() -> None:
+    ids = [str(uuid.UUID(int=n)) for n in range(400)]
+    shares = lanes(ids, 2)
+    assert sorted(c for share in shares for c in share) == sorted(ids)
+    first, second = ({bucket_of(c) for c in share} for share in shares)
+    assert not first & second
+    for share in shares:
+        assert len(share) > 120  # both lanes have work
+        assert share == [c for c in ids if c in set(share)]  # in the order given
+    assert lanes(ids, 1) == [ids]
+
+
+def _aged_customers(
+    client: TestClient, sales: Headers, db: Engine, count: int, seed: int
+) -> list[str]:
+    """Customers registered ten years ago with no contract: due for disposal."""
+    people = [register_customer(client, sales, seed=seed + n).id for n in range(count)]
+    for customer_id in people:
+        _age_customer(db, customer_id, add_years(today_in_japan(), -10))
+    return people
+
+
+def _disposed_customers(db: Engine) -> list[str]:
+    with Session(db) as session:
+        resources = session.scalars(
+            select(AccessEvent.resource).where(AccessEvent.action == "dispose")
+        ).all()
+    return sorted(r.removeprefix("customers/") for r in resources if r.startswith("customers/"))
+
+
+def test_customers_are_erased_in_lanes_each_once(
+    client: TestClient,
+    as_member: Callable[..., Headers],
+    db: Engine,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """On PostgreSQL two transactions erase at once, each on customers of its own buckets (on
+    SQLite one): in batches of two, every customer due is erased, with one event each."""
+    monkeypatch.setattr(purge_module, "CUSTOMER_BATCH", 2)
+    people = _aged_customers(client, as_member(cast.SALES), db, 10, seed=600)
+    code, out, err = run_cli(settings, monkeypatch, capsys, "purge")
+    assert code == 0, err
+    assert "customers were erased (customer.personal_data): 10" in out
+    assert all(_state(db, customer_id) == ("erased", []) for customer_id in people)
+    assert _disposed_customers(db) == sorted(people)
+    code, result = verify_cli(settings, monkeypatch, capsys, full=True)
+    assert code == 0, result
+
+
+def test_a_database_error_in_one_lane_stops_the_purge_and_names_only_its_kind(
+    client: TestClient,
+    as_member: Callable[..., Headers],
+    db: Engine,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The lanes' failure is the command's database error (exit 1, no traceback, nothing of the
+    statement); the refused batch is rolled back, and the next run finishes the work."""
+    if db.dialect.name != "postgresql":
+        pytest.skip("the lanes are PostgreSQL's (SQLite's purge erases in one)")
+    monkeypatch.setattr(purge_module, "CUSTOMER_BATCH", 1)
+    people = _aged_customers(client, as_member(cast.SALES), db, 6, seed=620)
+    refused = people[3]
+    with db.begin() as connection:
+        connection.execute(
+            text(
+                "CREATE FUNCTION test_refuse_erasure() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'refused: %', OLD.id; END $$"
+            )
+        )
+        connection.execute(
+            text(
+                "CREATE TRIGGER test_refuse_erasure BEFORE UPDATE ON customer FOR EACH ROW "
+                f"WHEN (OLD.id = '{refused}') EXECUTE FUNCTION test_refuse_erasure()"
+            )
+        )
+    code, _out, err = run_cli(settings, monkeypatch, capsys, "purge")
+    assert code == 1
+    assert "shopvault: database error (" in err
+    assert refused not in err and "Traceback" not in err
+    assert _state(db, refused) == ("active", ["identity", "profile"])
+    assert refused not in _disposed_customers(db)
+
+    with db.begin() as connection:
+        connection.execute(text("DROP TRIGGER test_refuse_erasure ON customer"))
+        connection.execute(text("DROP FUNCTION test_refuse_erasure()"))
+    code, _out, err = run_cli(settings, monkeypatch, capsys, "purge")
+    assert code == 0, err
+    assert all(_state(db, customer_id) == ("erased", []) for customer_id in people)
+    assert _disposed_customers(db) == sorted(people)
+    code, result = verify_cli(settings, monkeypatch, capsys, full=True)
+    assert code == 0, result
 
 
 def _events_by_chain(db: Engine) -> dict[str, list[tuple[int, datetime]]]:

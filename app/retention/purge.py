@@ -16,19 +16,20 @@
 Every disposal is recorded (``dispose`` events: one per customer; one per batch of notes or
 messages, naming the customers concerned). Customers are disposed of in batches, a transaction
 each, after checking the rule again under row locks: running twice, or on two machines at once,
-disposes of nothing twice (and on PostgreSQL an advisory lock lets one purge run at a time).
+disposes of nothing twice (and on PostgreSQL an advisory lock lets one purge run at a time). On
+PostgreSQL two lanes of batches run at once, each on the customers of its own shred key buckets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
@@ -51,6 +52,7 @@ from app.retention.rules import (
 )
 from app.retention.service import TOKYO, date_in_japan
 from app.rights import erasure
+from app.shred_keys import bucket_of
 from app.uow import UnitOfWork
 from app.vault import Vault
 
@@ -60,8 +62,8 @@ BATCH = 500
 CUSTOMER_BATCH = 200
 # Shred key buckets moved on per transaction at the end of a run (their other keys re-masked).
 SHRED_BUCKET_BATCH = 256
-# Such transactions at once on PostgreSQL.
-SHRED_WORKERS = 2
+# Transactions at once on PostgreSQL: erasing customers, then moving buckets on.
+WORKERS = 2
 # pg_try_advisory_lock key: "shopvault purge" (any constant shared by every purge).
 ADVISORY_LOCK_KEY = 0x73765F7075726765
 
@@ -214,6 +216,30 @@ def _batches(items: Sequence[Result], size: int = BATCH) -> Iterator[Sequence[Re
         yield items[start : start + size]
 
 
+def lanes(customer_ids: Sequence[str], count: int) -> list[list[str]]:
+    """The customers shared out between ``count`` transactions erasing at once, each lane with
+    shred key buckets of its own: an erasure marks its customers' buckets pending under row
+    locks, so two lanes sharing a bucket would wait for each other (the order within a lane is
+    the order given)."""
+    shares: list[list[str]] = [[] for _ in range(count)]
+    for customer_id in customer_ids:
+        shares[bucket_of(customer_id) % count].append(customer_id)
+    return shares
+
+
+async def _together(works: Sequence[Coroutine[Any, Any, Result]]) -> list[Result]:
+    """Run ``works`` at once; the first failure is raised as it is (not in an exception group,
+    which the CLI would not recognise as a database error), once the others have stopped."""
+    if len(works) == 1:
+        return [await works[0]]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(work) for work in works]
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
 async def purge(
     transact: Transact,
     vault: Vault,
@@ -222,12 +248,13 @@ async def purge(
     now: datetime,
     dry_run: bool,
     progress: Progress = _no_progress,
-    shred_workers: int = 1,
+    workers: int = 1,
     remasker: Remasker | None = None,
 ) -> PurgeOutcome:
     """Apply the rules to the database's rows (the access log is pruned separately).
-    ``shred_workers``: transactions moving shred key buckets on at once (1 on SQLite, whose
-    writers take turns); ``remasker``: where they re-mask keys (by default, in this process)."""
+    ``workers``: transactions erasing customers, then moving shred key buckets on, at once (1 on
+    SQLite, whose writers take turns); ``remasker``: where the latter re-mask keys (by default,
+    in this process)."""
     today = date_in_japan(now)
     outcome = PurgeOutcome(today=today, dry_run=dry_run)
 
@@ -238,16 +265,30 @@ async def purge(
 
     candidates = await read(customers)
     done = 0
-    for chunk in _batches(candidates, CUSTOMER_BATCH):
 
-        async def some(uow: UnitOfWork, ids: Sequence[str] = chunk) -> list[str]:
-            if dry_run:
-                return await _customers_due(uow, ids, now)
-            return await _dispose_customers(uow, vault, ids, actor, now)
+    async def lane(customer_ids: Sequence[str]) -> list[str]:
+        nonlocal done
+        disposed: list[str] = []
+        for chunk in _batches(customer_ids, CUSTOMER_BATCH):
 
-        outcome.customers += await read(some)
-        done += len(chunk)
-        progress("customers", done, len(candidates))
+            async def some(uow: UnitOfWork, ids: Sequence[str] = chunk) -> list[str]:
+                if dry_run:
+                    return await _customers_due(uow, ids, now)
+                return await _dispose_customers(uow, vault, ids, actor, now)
+
+            disposed += await read(some)
+            done += len(chunk)
+            progress("customers", done, len(candidates))
+        return disposed
+
+    # Each batch waits for the database about as long as it works itself: with two lanes, one
+    # works while the other's statements run.
+    due = {
+        customer_id
+        for share in await _together([lane(ids) for ids in lanes(candidates, workers) if ids])
+        for customer_id in share
+    }
+    outcome.customers = [customer_id for customer_id in candidates if customer_id in due]
 
     async def records(uow: UnitOfWork) -> list[str]:
         return await repository.identity_records_past(uow.session, today)
@@ -335,10 +376,9 @@ async def purge(
         # Several transactions at once, each on buckets of its own: while one waits for the
         # database to store its re-masked keys, another re-masks (Python) its next batch. They
         # skip buckets held by others; the last pass waits for those.
-        if shred_workers > 1:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(advancing(True)) for _ in range(shred_workers)]
-            outcome.shred_buckets_advanced = sum(task.result() for task in tasks)
+        if workers > 1:
+            moved = await _together([advancing(True) for _ in range(workers)])
+            outcome.shred_buckets_advanced = sum(moved)
         outcome.shred_buckets_advanced += await advancing(False)
 
         async def sweep(uow: UnitOfWork) -> int:

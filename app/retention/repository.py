@@ -9,6 +9,7 @@ from datetime import date, datetime
 from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import among
 from app.models import ConsentEvent, Contract, Customer, Message, PaperForm, Visit
 
 
@@ -117,21 +118,21 @@ async def disposal_facts(
     rows = (
         await session.execute(
             select(Customer.id, Customer.state, Customer.created_at)
-            .where(Customer.id.in_(ids))
+            .where(among(session, Customer.id, ids))
             .order_by(Customer.id)
             .with_for_update()
         )
     ).all()
     last_visits = await session.execute(
         select(Visit.customer_id, func.max(Visit.opened_at))
-        .where(Visit.customer_id.in_(ids))
+        .where(among(session, Visit.customer_id, ids))
         .group_by(Visit.customer_id)
     )
     last_visit: dict[str | None, datetime] = {cid: at for cid, at in last_visits.all()}
     open_visits = await session.execute(
         select(Visit.customer_id)
         .where(
-            Visit.customer_id.in_(ids),
+            among(session, Visit.customer_id, ids),
             Visit.closed_at.is_(None),
             or_(Visit.auto_close_at.is_(None), Visit.auto_close_at > now),
         )
@@ -144,7 +145,7 @@ async def disposal_facts(
             func.count().filter(Contract.status == "active"),
             func.max(Contract.ended_on),
         )
-        .where(Contract.customer_id.in_(ids))
+        .where(among(session, Contract.customer_id, ids))
         .group_by(Contract.customer_id)
     )
     contracts = {cid: (int(active or 0), end) for cid, active, end in summaries.all()}
@@ -168,7 +169,7 @@ async def lock_identity_records(
     """(id, state, kept until) of each customer, rows locked in id order."""
     rows = await session.execute(
         select(Customer.id, Customer.state, Customer.identity_retain_until)
-        .where(Customer.id.in_(sorted(customer_ids)))
+        .where(among(session, Customer.id, sorted(customer_ids)))
         .order_by(Customer.id)
         .with_for_update()
     )
@@ -213,7 +214,9 @@ async def visit_notes_past(
 
 async def clear_visit_notes(session: AsyncSession, visit_ids: Sequence[str]) -> None:
     await session.execute(
-        update(Visit).where(Visit.id.in_(visit_ids)).values(notes_enc=None, repair_symptom_enc=None)
+        update(Visit)
+        .where(among(session, Visit.id, visit_ids))
+        .values(notes_enc=None, repair_symptom_enc=None)
     )
 
 
@@ -230,4 +233,4 @@ async def messages_past(
 
 
 async def delete_messages(session: AsyncSession, message_ids: Sequence[str]) -> None:
-    await session.execute(delete(Message).where(Message.id.in_(message_ids)))
+    await session.execute(delete(Message).where(among(session, Message.id, message_ids)))

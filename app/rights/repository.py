@@ -9,6 +9,7 @@ from datetime import date, datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import among
 from app.documents.rules import FormType
 from app.models import (
     ConsentEvent,
@@ -74,7 +75,7 @@ async def contract_ends(
 ) -> dict[str, list[tuple[str, date | None]]]:
     """Each customer's contracts: (status, the day it ended)."""
     statement = select(Contract.customer_id, Contract.status, Contract.ended_on).where(
-        Contract.customer_id.in_(customer_ids)
+        among(session, Contract.customer_id, customer_ids)
     )
     ends: dict[str, list[tuple[str, date | None]]] = {cid: [] for cid in customer_ids}
     for customer_id, status, ended in (await session.execute(statement)).all():
@@ -102,21 +103,23 @@ async def destroy_profile(
     presence, the blind-index values, visit notes and symptoms."""
     ids = list(identity_until)
     await session.execute(
-        delete(CustomerKey).where(CustomerKey.customer_id.in_(ids), CustomerKey.scope == "profile")
+        delete(CustomerKey).where(
+            among(session, CustomerKey.customer_id, ids), CustomerKey.scope == "profile"
+        )
     )
-    await session.execute(delete(PresenceCode).where(PresenceCode.customer_id.in_(ids)))
-    await session.execute(delete(Message).where(Message.customer_id.in_(ids)))
-    await session.execute(delete(ConsentEvent).where(ConsentEvent.customer_id.in_(ids)))
-    await session.execute(delete(Contract).where(Contract.customer_id.in_(ids)))
+    await session.execute(delete(PresenceCode).where(among(session, PresenceCode.customer_id, ids)))
+    await session.execute(delete(Message).where(among(session, Message.customer_id, ids)))
+    await session.execute(delete(ConsentEvent).where(among(session, ConsentEvent.customer_id, ids)))
+    await session.execute(delete(Contract).where(among(session, Contract.customer_id, ids)))
     await session.execute(
         update(Visit)
-        .where(Visit.customer_id.in_(ids))
+        .where(among(session, Visit.customer_id, ids))
         .values(notes_enc=None, repair_symptom_enc=None)
     )
     for until, group in _by_value(identity_until).items():
         await session.execute(
             update(Customer)
-            .where(Customer.id.in_(group))
+            .where(among(session, Customer.id, group))
             .values(
                 state="erased",
                 erased_at=now,
@@ -144,12 +147,12 @@ async def destroy_identity(session: AsyncSession, customer_ids: Sequence[str]) -
         return
     await session.execute(
         delete(CustomerKey).where(
-            CustomerKey.customer_id.in_(customer_ids), CustomerKey.scope == "identity"
+            among(session, CustomerKey.customer_id, customer_ids), CustomerKey.scope == "identity"
         )
     )
     await session.execute(
         update(Customer)
-        .where(Customer.id.in_(customer_ids))
+        .where(among(session, Customer.id, customer_ids))
         .values(
             name_enc=b"",
             name_kana_enc=b"",
@@ -169,7 +172,7 @@ async def forms_due_now(
     await session.execute(
         update(PaperForm)
         .where(
-            PaperForm.customer_id.in_(customer_ids),
+            among(session, PaperForm.customer_id, customer_ids),
             PaperForm.disposed_at.is_(None),
             PaperForm.form_type.not_in(IDENTITY_FORMS),
         )
@@ -185,7 +188,7 @@ async def identity_forms_until(
         await session.execute(
             update(PaperForm)
             .where(
-                PaperForm.customer_id.in_(group),
+                among(session, PaperForm.customer_id, group),
                 PaperForm.disposed_at.is_(None),
                 PaperForm.form_type.in_(IDENTITY_FORMS),
             )
