@@ -24,7 +24,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import asyncpg
-from sqlalchemy import ARRAY, ColumnElement, Engine, any_, bindparam, create_engine, event
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Engine,
+    String,
+    any_,
+    bindparam,
+    create_engine,
+    event,
+)
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -454,14 +463,20 @@ def runs_on_driver(session: AsyncSession) -> bool:
 
 
 def among(
-    session: AsyncSession, column: QueryableAttribute[Any], values: Iterable[Any]
+    session: AsyncSession,
+    column: QueryableAttribute[Any] | ColumnElement[Any],
+    values: Iterable[Any],
 ) -> ColumnElement[bool]:
     """``column IN (values)``; on PostgreSQL ``column = ANY($1)``, one array parameter for any
     number of values, where an IN list of a batch's ids renders a placeholder and a cast per
     value on every execution (most of the statement building in a purge's erasures)."""
     listed = list(values)
     if session.get_bind().dialect.name == "postgresql":
-        return column == any_(bindparam(None, listed, type_=ARRAY(column.type)))
+        element = column.type
+        if isinstance(element, String):
+            # Not the column's varchar(n): a cast to it would cut a longer value to a match.
+            element = String()
+        return column == any_(bindparam(None, listed, type_=ARRAY(element)))
     return column.in_(listed)
 
 

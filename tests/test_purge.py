@@ -4,8 +4,9 @@ pruning of the access log as whole chain prefixes with a signed anchor verificat
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -20,6 +21,7 @@ from app.audit.integrity import AuditIntegrity
 from app.audit.pruning import PruneRefused, prune_events
 from app.config import Settings
 from app.crypto import FieldCipher, KeyScope
+from app.errors import AuditUnavailable
 from app.keyring import master_ring_source
 from app.keys import load_keys
 from app.models import (
@@ -287,11 +289,43 @@ def test_lanes_share_out_the_customers_with_buckets_of_their_own() -> None:
     assert lanes(ids, 1) == [ids]
 
 
+def test_together_stops_the_others_before_their_next_step_and_raises_the_first_failure() -> None:
+    """A failure stops the other works between two steps (a transaction is never cut short),
+    and is raised as itself, its cause kept (the CLI names a failed commit by its cause)."""
+    steps: list[str] = []
+    cause = ConnectionResetError("peer")
+
+    async def failing(_failed: asyncio.Event) -> int:
+        await asyncio.sleep(0.01)
+        raise AuditUnavailable() from cause
+
+    async def steady(failed: asyncio.Event) -> int:
+        done = 0
+        for _ in range(10):
+            if failed.is_set():
+                break
+            steps.append("begun")
+            await asyncio.sleep(0.008)
+            steps.append("ended")
+            done += 1
+        return done
+
+    with pytest.raises(AuditUnavailable) as raised:
+        asyncio.run(purge_module._together([failing, steady]))
+    assert raised.value.__cause__ is cause
+    assert steps.count("begun") == steps.count("ended")
+    assert 1 <= steps.count("ended") < 10
+
+
 def _aged_customers(
-    client: TestClient, sales: Headers, db: Engine, count: int, seed: int
+    client: TestClient, sales: Headers, db: Engine, seed: int, *, each_lane: int
 ) -> list[str]:
-    """Customers registered ten years ago with no contract: due for disposal."""
-    people = [register_customer(client, sales, seed=seed + n).id for n in range(count)]
+    """Customers registered ten years ago with no contract, due for disposal: at least
+    ``each_lane`` in each of the two lanes."""
+    people: list[str] = []
+    while min(sum(bucket_of(c) % 2 == lane for c in people) for lane in (0, 1)) < each_lane:
+        assert len(people) < 40, "ids fall in both lanes about evenly"
+        people.append(register_customer(client, sales, seed=seed + len(people)).id)
     for customer_id in people:
         _age_customer(db, customer_id, add_years(today_in_japan(), -10))
     return people
@@ -316,10 +350,19 @@ def test_customers_are_erased_in_lanes_each_once(
     """On PostgreSQL two transactions erase at once, each on customers of its own buckets (on
     SQLite one): in batches of two, every customer due is erased, with one event each."""
     monkeypatch.setattr(purge_module, "CUSTOMER_BATCH", 2)
-    people = _aged_customers(client, as_member(cast.SALES), db, 10, seed=600)
+    shared: list[int] = []
+    share_out = purge_module.lanes
+
+    def spied(customer_ids: Sequence[str], count: int) -> list[list[str]]:
+        shared.append(count)
+        return share_out(customer_ids, count)
+
+    monkeypatch.setattr(purge_module, "lanes", spied)
+    people = _aged_customers(client, as_member(cast.SALES), db, seed=600, each_lane=4)
     code, out, err = run_cli(settings, monkeypatch, capsys, "purge")
     assert code == 0, err
-    assert "customers were erased (customer.personal_data): 10" in out
+    assert shared == [2 if db.dialect.name == "postgresql" else 1]
+    assert f"customers were erased (customer.personal_data): {len(people)}" in out
     assert all(_state(db, customer_id) == ("erased", []) for customer_id in people)
     assert _disposed_customers(db) == sorted(people)
     code, result = verify_cli(settings, monkeypatch, capsys, full=True)
@@ -339,8 +382,8 @@ def test_a_database_error_in_one_lane_stops_the_purge_and_names_only_its_kind(
     if db.dialect.name != "postgresql":
         pytest.skip("the lanes are PostgreSQL's (SQLite's purge erases in one)")
     monkeypatch.setattr(purge_module, "CUSTOMER_BATCH", 1)
-    people = _aged_customers(client, as_member(cast.SALES), db, 6, seed=620)
-    refused = people[3]
+    people = _aged_customers(client, as_member(cast.SALES), db, seed=620, each_lane=3)
+    refused = people[-1]
     with db.begin() as connection:
         connection.execute(
             text(

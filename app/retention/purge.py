@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -58,7 +59,8 @@ from app.vault import Vault
 
 BATCH = 500
 # Customers disposed of per transaction: their rows and their shred key buckets stay locked
-# until it commits, holding off registrations in those buckets for that long.
+# until it commits, holding off registrations in those buckets for that long (on PostgreSQL two
+# such transactions run at once, so about 400 of the 4,096 buckets at a time).
 CUSTOMER_BATCH = 200
 # Shred key buckets moved on per transaction at the end of a run (their other keys re-masked).
 SHRED_BUCKET_BATCH = 256
@@ -227,17 +229,31 @@ def lanes(customer_ids: Sequence[str], count: int) -> list[list[str]]:
     return shares
 
 
-async def _together(works: Sequence[Coroutine[Any, Any, Result]]) -> list[Result]:
-    """Run ``works`` at once; the first failure is raised as it is (not in an exception group,
-    which the CLI would not recognise as a database error), once the others have stopped."""
-    if len(works) == 1:
-        return [await works[0]]
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(work) for work in works]
-    except BaseExceptionGroup as failed:
-        raise failed.exceptions[0] from None
-    return [task.result() for task in tasks]
+Work = Callable[[asyncio.Event], Coroutine[Any, Any, Result]]
+
+
+async def _together(works: Sequence[Work[Result]]) -> list[Result]:
+    """Run ``works`` at once, each given an event that is set once one of them has failed: the
+    others then stop before their next transaction, rather than being cancelled in the middle of
+    one (a unit of work cut short there would not put back what it took for its commit, such as
+    the refusal summaries). Once all have stopped, the first failure is raised as itself (not in
+    an exception group, which the CLI would not know for a database error)."""
+    failed = asyncio.Event()
+
+    async def watched(work: Work[Result]) -> Result:
+        try:
+            return await work(failed)
+        except BaseException:
+            failed.set()
+            raise
+
+    outcomes = await asyncio.gather(*(watched(work) for work in works), return_exceptions=True)
+    results: list[Result] = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        results.append(outcome)
+    return results
 
 
 async def purge(
@@ -266,20 +282,25 @@ async def purge(
     candidates = await read(customers)
     done = 0
 
-    async def lane(customer_ids: Sequence[str]) -> list[str]:
-        nonlocal done
-        disposed: list[str] = []
-        for chunk in _batches(customer_ids, CUSTOMER_BATCH):
+    def lane(customer_ids: Sequence[str]) -> Work[list[str]]:
+        async def run(failed: asyncio.Event) -> list[str]:
+            nonlocal done
+            disposed: list[str] = []
+            for chunk in _batches(customer_ids, CUSTOMER_BATCH):
+                if failed.is_set():
+                    break
 
-            async def some(uow: UnitOfWork, ids: Sequence[str] = chunk) -> list[str]:
-                if dry_run:
-                    return await _customers_due(uow, ids, now)
-                return await _dispose_customers(uow, vault, ids, actor, now)
+                async def some(uow: UnitOfWork, ids: Sequence[str] = chunk) -> list[str]:
+                    if dry_run:
+                        return await _customers_due(uow, ids, now)
+                    return await _dispose_customers(uow, vault, ids, actor, now)
 
-            disposed += await read(some)
-            done += len(chunk)
-            progress("customers", done, len(candidates))
-        return disposed
+                disposed += await read(some)
+                done += len(chunk)
+                progress("customers", done, len(candidates))
+            return disposed
+
+        return run
 
     # Each batch waits for the database about as long as it works itself: with two lanes, one
     # works while the other's statements run.
@@ -362,14 +383,14 @@ async def purge(
 
     if not dry_run:
 
-        async def advancing(skip_locked: bool) -> int:
+        async def advancing(skip_locked: bool, failed: asyncio.Event | None = None) -> int:
             async def advance(uow: UnitOfWork) -> int:
                 return await shredding.advance_pending(
                     uow, vault, SHRED_BUCKET_BATCH, skip_locked=skip_locked, remasker=remasker
                 )
 
             moved = 0
-            while batch := await read(advance):
+            while not (failed and failed.is_set()) and (batch := await read(advance)):
                 moved += batch
             return moved
 
@@ -377,7 +398,7 @@ async def purge(
         # database to store its re-masked keys, another re-masks (Python) its next batch. They
         # skip buckets held by others; the last pass waits for those.
         if workers > 1:
-            moved = await _together([advancing(True) for _ in range(workers)])
+            moved = await _together([partial(advancing, True)] * workers)
             outcome.shred_buckets_advanced = sum(moved)
         outcome.shred_buckets_advanced += await advancing(False)
 
