@@ -323,7 +323,7 @@ def _aged_customers(
     """Customers registered ten years ago with no contract, due for disposal: at least
     ``each_lane`` in each of the two lanes."""
     people: list[str] = []
-    while min(sum(bucket_of(c) % 2 == lane for c in people) for lane in (0, 1)) < each_lane:
+    while min(len(share) for share in lanes(people, 2)) < each_lane:
         assert len(people) < 40, "ids fall in both lanes about evenly"
         people.append(register_customer(client, sales, seed=seed + len(people)).id)
     for customer_id in people:
@@ -337,6 +337,20 @@ def _disposed_customers(db: Engine) -> list[str]:
             select(AccessEvent.resource).where(AccessEvent.action == "dispose")
         ).all()
     return sorted(r.removeprefix("customers/") for r in resources if r.startswith("customers/"))
+
+
+def _erased_each_once(
+    db: Engine,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    people: list[str],
+) -> None:
+    """Every one of ``people`` erased, with one disposal event each, and the log verifies."""
+    assert all(_state(db, customer_id) == ("erased", []) for customer_id in people)
+    assert _disposed_customers(db) == sorted(people)
+    code, result = verify_cli(settings, monkeypatch, capsys, full=True)
+    assert code == 0, result
 
 
 def test_customers_are_erased_in_lanes_each_once(
@@ -363,10 +377,7 @@ def test_customers_are_erased_in_lanes_each_once(
     assert code == 0, err
     assert shared == [2 if db.dialect.name == "postgresql" else 1]
     assert f"customers were erased (customer.personal_data): {len(people)}" in out
-    assert all(_state(db, customer_id) == ("erased", []) for customer_id in people)
-    assert _disposed_customers(db) == sorted(people)
-    code, result = verify_cli(settings, monkeypatch, capsys, full=True)
-    assert code == 0, result
+    _erased_each_once(db, settings, monkeypatch, capsys, people)
 
 
 def test_a_database_error_in_one_lane_stops_the_purge_and_names_only_its_kind(
@@ -409,10 +420,7 @@ def test_a_database_error_in_one_lane_stops_the_purge_and_names_only_its_kind(
         connection.execute(text("DROP FUNCTION test_refuse_erasure()"))
     code, _out, err = run_cli(settings, monkeypatch, capsys, "purge")
     assert code == 0, err
-    assert all(_state(db, customer_id) == ("erased", []) for customer_id in people)
-    assert _disposed_customers(db) == sorted(people)
-    code, result = verify_cli(settings, monkeypatch, capsys, full=True)
-    assert code == 0, result
+    _erased_each_once(db, settings, monkeypatch, capsys, people)
 
 
 def _events_by_chain(db: Engine) -> dict[str, list[tuple[int, datetime]]]:
